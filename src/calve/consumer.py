@@ -1,0 +1,224 @@
+"""Consumers: named readers that process source tables incrementally, exactly once.
+
+A consumer's checkpoint per source table (the last snapshot it processed) is stored in the target
+table it writes, and advances in the same atomic Iceberg commit as its output:
+
+- the table property `calve.checkpoint.<consumer>` holds the checkpoints as JSON (it survives
+  snapshot expiry and is read in O(1));
+- the committed snapshot's summary carries `calve.consumer` and `calve.checkpoint` (the audit trail).
+
+A crash before the commit leaves both the output and the checkpoint as they were; a crash after it
+leaves both advanced. The commit also asserts, inside the catalog's compare-and-swap, that the
+checkpoint is still the one the consumer read, so a concurrent run of the same consumer cannot
+commit the same changes twice (pyiceberg would otherwise rebase and retry the append).
+The SQLite state store only mirrors checkpoints for listing.
+
+    consumer = Consumer(catalog, "daily_rollup")
+    changes = consumer.pending(source, target)
+    rows = transform(compute_changelog(source, changes).inserted)
+    consumer.commit(target, [changes], rows, mode="append")
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.table import Table
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.update import ValidatableTableRequirement
+
+from calve import _faults
+from calve.changes import ChangeSet, capture_changes
+from calve.errors import CalveError, CheckpointConflictError
+from calve.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
+from calve.state import CheckpointRecord, StateStore
+
+CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
+SUMMARY_CONSUMER = "calve.consumer"
+SUMMARY_CHECKPOINT = "calve.checkpoint"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,127}$")
+
+ALWAYS_TRUE = AlwaysTrue()
+WriteMode = Literal["append", "overwrite"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Up to which snapshot of a source table a consumer has processed."""
+
+    source_table: str
+    source_uuid: str
+    snapshot_id: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table_uuid": self.source_uuid, "snapshot_id": self.snapshot_id}
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    target_table: str
+    snapshot_id: int | None
+    checkpoints: tuple[Checkpoint, ...]
+    rows_written: int
+
+
+class AssertCheckpointUnchanged(ValidatableTableRequirement):
+    """Commit requirement: the consumer's checkpoint property still has the value it read."""
+
+    type: Literal["assert-calve-checkpoint"] = "assert-calve-checkpoint"
+    key: str
+    expected: str | None
+
+    def validate(self, base_metadata: TableMetadata | None) -> None:  # type: ignore[override]
+        current = None if base_metadata is None else base_metadata.properties.get(self.key)
+        if current != self.expected:
+            raise CheckpointConflictError(
+                f"{self.key} changed from {self.expected!r} to {current!r} since it was read: another run "
+                "of this consumer committed first. Nothing was committed by this run; run it again to "
+                "process what is still pending."
+            )
+
+
+class Consumer:
+    """A named reader of source tables whose checkpoints live in the target table it writes."""
+
+    def __init__(self, catalog: Catalog, name: str, state: StateStore | None = None) -> None:
+        if not _NAME.match(name):
+            raise CalveError(
+                f"consumer name {name!r} is not valid: use a letter, then letters, digits, '_' or '-' "
+                "(at most 128 characters)"
+            )
+        self.catalog = catalog
+        self.name = name
+        self.state = state
+
+    @property
+    def property_key(self) -> str:
+        return CHECKPOINT_PROPERTY_PREFIX + self.name
+
+    def checkpoints(self, target: Table) -> dict[str, Checkpoint]:
+        """The consumer's checkpoints as committed in `target` (source table name -> checkpoint)."""
+        raw = target.metadata.properties.get(self.property_key)
+        if raw is None:
+            return {}
+        return {
+            source: Checkpoint(source, value["table_uuid"], value["snapshot_id"])
+            for source, value in json.loads(raw).items()
+        }
+
+    def checkpoint(self, target: Table, source: Table) -> Checkpoint | None:
+        name = _table_name(source)
+        checkpoint = self.checkpoints(target).get(name)
+        if checkpoint is not None and checkpoint.source_uuid != str(source.metadata.table_uuid):
+            raise CalveError(
+                f"consumer {self.name!r} has a checkpoint for {name} (table uuid {checkpoint.source_uuid}), "
+                f"but {name} is now another table (uuid {source.metadata.table_uuid}): it was dropped and "
+                "recreated. Reprocess it in full: Consumer.reset(target, source) forgets the checkpoint."
+            )
+        return checkpoint
+
+    def reset(self, target: Table, source_table: Table | str, snapshot_id: int | None = None) -> None:
+        """Set (or with `snapshot_id=None` forget) the checkpoint for a source, in one commit of `target`."""
+        name = source_table if isinstance(source_table, str) else _table_name(source_table)
+        merged = {n: c.to_dict() for n, c in self.checkpoints(target).items()}
+        if snapshot_id is None:
+            merged.pop(name, None)
+        else:
+            if isinstance(source_table, str):
+                raise CalveError("to set a checkpoint, pass the source Table (its uuid is recorded)")
+            merged[name] = Checkpoint(name, str(source_table.metadata.table_uuid), snapshot_id).to_dict()
+        with target.transaction() as tx:
+            tx.set_properties({self.property_key: json.dumps(merged, sort_keys=True, separators=(",", ":"))})
+
+    def pending(self, source: Table, target: Table, until: int | None = None) -> ChangeSet:
+        """The changes of `source` that this consumer has not yet committed into `target`."""
+        checkpoint = self.checkpoint(target, source)
+        if checkpoint is not None:
+            self._mirror(target, checkpoint)  # heals a mirror that a crash after commit left behind
+        return capture_changes(source, checkpoint.snapshot_id if checkpoint else None, until)
+
+    def icdc(self, source: Table, changes: ChangeSet, *, appends_only: bool = False) -> IcdcTable:
+        """Publish the pending changes as this consumer's ICDC table of `source` (replacing the last one)."""
+        return create_icdc_table(
+            self.catalog,
+            source,
+            changes,
+            default_icdc_identifier(changes.table, self.name),
+            appends_only=appends_only,
+            consumer=self.name,
+        )
+
+    def commit(
+        self,
+        target: Table,
+        changes: Sequence[ChangeSet],
+        data: pa.Table | pa.RecordBatchReader,
+        mode: WriteMode = "append",
+        overwrite_filter: BooleanExpression | str = ALWAYS_TRUE,
+    ) -> CommitResult:
+        """Write `data` into `target` and advance the checkpoints to the end of `changes`, atomically."""
+        if mode not in ("append", "overwrite"):
+            raise CalveError(f"write mode {mode!r} is not one of: append, overwrite")
+        expected = target.metadata.properties.get(self.property_key)
+        merged = {name: c.to_dict() for name, c in self.checkpoints(target).items()}
+        advanced = []
+        for change_set in changes:
+            checkpoint = Checkpoint(
+                change_set.table, change_set.table_uuid, change_set.to_snapshot_id_inclusive
+            )
+            merged[change_set.table] = checkpoint.to_dict()
+            advanced.append(checkpoint)
+        value = json.dumps(merged, sort_keys=True, separators=(",", ":"))
+        summary = {SUMMARY_CONSUMER: self.name, SUMMARY_CHECKPOINT: value}
+
+        _faults.crash_point("consumer.before_commit")
+        with warnings.catch_warnings(), target.transaction() as tx:
+            # an overwrite of days that hold no rows yet is normal here, not worth a warning
+            warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+            # checked again inside the catalog's compare-and-swap, on every retry of the commit
+            requirement = AssertCheckpointUnchanged(key=self.property_key, expected=expected)
+            tx._stage((), (requirement,))  # type: ignore[arg-type]
+            tx.set_properties({self.property_key: value})
+            if mode == "append":
+                tx.append(data, snapshot_properties=summary)
+            else:
+                tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=summary)
+            _faults.crash_point("consumer.during_commit")
+        _faults.crash_point("consumer.after_commit")
+
+        snapshot = target.current_snapshot()
+        for checkpoint in advanced:
+            self._mirror(target, checkpoint)
+        rows = int(snapshot.summary.get("added-records") or 0) if snapshot and snapshot.summary else 0
+        return CommitResult(
+            _table_name(target), snapshot.snapshot_id if snapshot else None, tuple(advanced), rows
+        )
+
+    def _mirror(self, target: Table, checkpoint: Checkpoint) -> None:
+        if self.state is None:
+            return
+        snapshot = target.current_snapshot()
+        self.state.record_checkpoint(
+            CheckpointRecord(
+                consumer=self.name,
+                source_table=checkpoint.source_table,
+                source_uuid=checkpoint.source_uuid,
+                snapshot_id=checkpoint.snapshot_id,
+                target_table=_table_name(target),
+                target_snapshot_id=snapshot.snapshot_id if snapshot else None,
+                updated_at=time.time(),
+            )
+        )
+
+
+def _table_name(table: Table) -> str:
+    return ".".join(table.name())

@@ -1,0 +1,62 @@
+"""Fixtures: a real embedded catalog (SQLite + file:// warehouse) in each test's tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.schema import Schema
+from pyiceberg.types import DateType, LongType, NestedField, StringType, TimestampType
+
+from calve.catalog import embedded_catalog
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated CALVE_HOME: catalog, warehouse and state store of this test only."""
+    path = tmp_path / ".calve"
+    monkeypatch.setenv("CALVE_HOME", str(path))
+    monkeypatch.chdir(tmp_path)
+    return path
+
+
+@pytest.fixture
+def catalog(home: Path) -> SqlCatalog:
+    cat = embedded_catalog(home)
+    cat.create_namespace("db")
+    return cat
+
+
+ICEBERG_EVENTS = Schema(
+    NestedField(1, "id", LongType(), required=False),
+    NestedField(2, "ts", TimestampType(), required=False),
+    NestedField(3, "day", DateType(), required=False),
+    NestedField(4, "name", StringType(), required=False),
+)
+
+EVENTS = pa.schema(
+    [
+        pa.field("id", pa.int64()),
+        pa.field("ts", pa.timestamp("us")),
+        pa.field("day", pa.date32()),
+        pa.field("name", pa.string()),
+    ]
+)
+
+
+def events(ids: range | list[int], day: int = 1, name: str = "n") -> pa.Table:
+    """Rows with the EVENTS schema; `day` is the day of January 2026 of every row."""
+    ids = list(ids)
+    date = dt.date(2026, 1, day)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "ts": pa.array([dt.datetime(2026, 1, day, i % 24) for i in ids], pa.timestamp("us")),
+            "day": pa.array([date] * len(ids), pa.date32()),
+            "name": pa.array([f"{name}{i}" for i in ids], pa.string()),
+        },
+        schema=EVENTS,
+    )
