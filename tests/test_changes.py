@@ -135,7 +135,8 @@ def test_partition_values_are_human_readable(catalog: SqlCatalog) -> None:
         "db.ev",
         schema=ICEBERG_EVENTS,
         partition_spec=PartitionSpec(
-            PartitionField(2, 1000, DayTransform(), "ts_day"), PartitionField(3, 1001, IdentityTransform(), "day")
+            PartitionField(2, 1000, DayTransform(), "ts_day"),
+            PartitionField(3, 1001, IdentityTransform(), "day"),
         ),
     )
     table.append(events(range(3), day=4))
