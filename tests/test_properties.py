@@ -93,7 +93,10 @@ def _rows_of(table: pa.Table) -> Counter[tuple[Any, ...]]:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(history=st.lists(operations, min_size=1, max_size=8), picks=st.lists(st.integers(0, 100), min_size=4, max_size=4))
+@given(
+    history=st.lists(operations, min_size=1, max_size=8),
+    picks=st.lists(st.integers(0, 100), min_size=4, max_size=4),
+)
 def test_change_sets_account_for_the_difference_of_full_scans(
     history: list[tuple[str, int]], picks: list[int]
 ) -> None:
@@ -124,7 +127,10 @@ def test_change_sets_account_for_the_difference_of_full_scans(
             assert _rows_of(log.inserted) == after - before
             assert _rows_of(log.deleted) == before - after
             if not has_deletes:  # without delete files, file record counts are row counts
-                assert sum(after.values()) - sum(before.values()) == changes.added_records - changes.removed_records
+                assert (
+                    sum(after.values()) - sum(before.values())
+                    == changes.added_records - changes.removed_records
+                )
             if changes.is_append_only:
                 icdc = create_icdc_table(catalog, table, changes, "icdc.t")
                 icdc_rows = catalog.load_table(icdc.identifier).scan().to_arrow()
