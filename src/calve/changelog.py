@@ -45,8 +45,12 @@ class Changelog:
         """Both sides in one table, with a `_change_type` column ('insert' or 'delete')."""
         return pa.concat_tables(
             [
-                self.deleted.append_column(CHANGE_TYPE_COLUMN, pa.array([DELETE] * self.deleted.num_rows)),
-                self.inserted.append_column(CHANGE_TYPE_COLUMN, pa.array([INSERT] * self.inserted.num_rows)),
+                self.deleted.append_column(
+                    CHANGE_TYPE_COLUMN, pa.array([DELETE] * self.deleted.num_rows, pa.string())
+                ),
+                self.inserted.append_column(
+                    CHANGE_TYPE_COLUMN, pa.array([INSERT] * self.inserted.num_rows, pa.string())
+                ),
             ]
         )
 

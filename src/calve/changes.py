@@ -265,8 +265,10 @@ def _had_history_before(root: Snapshot) -> bool:
     summary = root.summary
     if summary is None or summary.get("total-records") is None:
         return root.parent_snapshot_id is not None
-    before = int(summary["total-records"]) - int(summary.get("added-records") or 0) + int(
-        summary.get("deleted-records") or 0
+    before = (
+        int(summary["total-records"])
+        - int(summary.get("added-records") or 0)
+        + int(summary.get("deleted-records") or 0)
     )
     return before > 0 or root.parent_snapshot_id is not None
 
