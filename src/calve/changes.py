@@ -266,7 +266,7 @@ def _had_history_before(root: Snapshot) -> bool:
     if summary is None or summary.get("total-records") is None:
         return root.parent_snapshot_id is not None
     before = (
-        int(summary["total-records"])
+        int(summary.get("total-records") or 0)
         - int(summary.get("added-records") or 0)
         + int(summary.get("deleted-records") or 0)
     )
