@@ -21,6 +21,7 @@ from calve.errors import (
 )
 from calve.icdc import IcdcTable, cleanup_icdc_tables, create_icdc_table, drop_icdc_table
 from calve.ranges import ColumnRange, change_ranges
+from calve.state import StateStore
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "SnapshotChange",
     "SnapshotError",
     "SnapshotNotFoundError",
+    "StateStore",
     "TableNotFoundError",
     "__version__",
     "capture_changes",
