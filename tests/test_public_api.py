@@ -10,8 +10,8 @@ def test_public_names_are_pinned() -> None:
             "CommitResult", "ConfigError", "Consumer", "FileChange", "IcdcTable", "NotAnIcdcTableError",
             "NotAncestorError", "Operation", "RowLevelChangesError", "SnapshotChange", "SnapshotError",
             "SnapshotNotFoundError", "StateStore", "TableNotFoundError", "__version__", "capture_changes",
-            "change_ranges", "cleanup_icdc_tables", "compute_changelog", "create_icdc_table", "drop_icdc_table",
-            "embedded_catalog", "load_table", "open_catalog",
+            "change_ranges", "cleanup_icdc_tables", "compute_changelog", "create_icdc_table",
+            "drop_icdc_table", "embedded_catalog", "load_table", "open_catalog",
         ]
     )  # fmt: skip
     for name in calve.__all__:
