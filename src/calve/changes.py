@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import StrEnum
 from typing import Any
 
@@ -137,23 +138,23 @@ class ChangeSet:
             self.added_files or self.removed_files or self.added_delete_files or self.removed_delete_files
         )
 
-    @property
+    @cached_property
     def added_files(self) -> tuple[FileChange, ...]:
         return _net(self.logical_snapshots, "added_files", "removed_files")
 
-    @property
+    @cached_property
     def removed_files(self) -> tuple[FileChange, ...]:
         return _net(self.logical_snapshots, "removed_files", "added_files", earlier=True)
 
-    @property
+    @cached_property
     def added_delete_files(self) -> tuple[FileChange, ...]:
         return _net(self.logical_snapshots, "added_delete_files", "removed_delete_files")
 
-    @property
+    @cached_property
     def removed_delete_files(self) -> tuple[FileChange, ...]:
         return _net(self.logical_snapshots, "removed_delete_files", "added_delete_files", earlier=True)
 
-    @property
+    @cached_property
     def appended_files(self) -> tuple[FileChange, ...]:
         """Data files added by `append` snapshots and still live at the end of the range."""
         removed_later = {f.path for s in self.logical_snapshots for f in s.removed_files}
@@ -198,15 +199,18 @@ def _net(
     """Files of `kind` across the snapshots, less those cancelled by an `opposite` in the range.
 
     An added file is cancelled when a later snapshot removes it; a removed file is cancelled when
-    an earlier snapshot of the range added it (it never existed at the start of the range).
+    an earlier snapshot of the range added it (it never existed at the start of the range). One
+    pass, walking towards the side whose `opposite` files cancel.
     """
-    snapshots = list(snapshots)
-    result: list[FileChange] = []
-    for index, snapshot in enumerate(snapshots):
-        others = snapshots[:index] if earlier else snapshots[index + 1 :]
-        cancelled = {f.path for other in others for f in getattr(other, opposite)}
-        result.extend(f for f in getattr(snapshot, kind) if f.path not in cancelled)
-    return tuple(result)
+    ordered = list(snapshots) if earlier else list(snapshots)[::-1]
+    seen_opposite: set[str] = set()
+    kept: list[list[FileChange]] = []
+    for snapshot in ordered:
+        kept.append([f for f in getattr(snapshot, kind) if f.path not in seen_opposite])
+        seen_opposite.update(f.path for f in getattr(snapshot, opposite))
+    if not earlier:
+        kept.reverse()
+    return tuple(f for group in kept for f in group)
 
 
 def snapshot_chain(
