@@ -20,8 +20,6 @@ from pyiceberg.manifest import (
     DataFileContent,
     FileFormat,
     ManifestContent,
-    ManifestEntry,
-    ManifestEntryStatus,
     ManifestWriterV2,
     write_manifest_list,
 )
@@ -30,6 +28,8 @@ from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
 from pyiceberg.table.update.snapshot import _OverwriteFiles
+
+from calve.icdc import added_entry
 
 FILE_PATH_ID = 2147483546
 POS_ID = 2147483545
@@ -102,15 +102,7 @@ def delete_positions(table: Table, positions: dict[str, list[int]], operation: s
         )
         with writer:
             for f in files:
-                writer.add(
-                    ManifestEntry.from_args(
-                        status=ManifestEntryStatus.ADDED,
-                        snapshot_id=snapshot_id,
-                        sequence_number=None,
-                        file_sequence_number=None,
-                        data_file=f,
-                    )
-                )
+                writer.add(added_entry(snapshot_id, f))
         new_manifests.append(writer.to_manifest_file())
 
     _commit_snapshot(

@@ -21,6 +21,7 @@ from pyiceberg.avro.codecs import AvroCompressionCodec
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
 from pyiceberg.manifest import (
+    DataFile,
     ManifestEntry,
     ManifestEntryStatus,
     ManifestFile,
@@ -295,6 +296,17 @@ def _avro_codec(metadata: TableMetadata) -> AvroCompressionCodec:
     return codec  # type: ignore[return-value]
 
 
+def added_entry(snapshot_id: int, data_file: DataFile) -> ManifestEntry:
+    """A manifest entry for a file that `snapshot_id` adds; it inherits that snapshot's sequence number."""
+    return ManifestEntry.from_args(
+        status=ManifestEntryStatus.ADDED,
+        snapshot_id=snapshot_id,
+        sequence_number=None,
+        file_sequence_number=None,
+        data_file=data_file,
+    )
+
+
 def _write_manifests(
     source: Table, files: list[FileChange], location: str, snapshot_id: int
 ) -> list[ManifestFile]:
@@ -315,14 +327,6 @@ def _write_manifests(
             avro_compression=_avro_codec(src),
         ) as writer:
             for f in spec_files:
-                writer.add(
-                    ManifestEntry.from_args(
-                        status=ManifestEntryStatus.ADDED,
-                        snapshot_id=snapshot_id,
-                        sequence_number=None,
-                        file_sequence_number=None,
-                        data_file=f.data_file,
-                    )
-                )
+                writer.add(added_entry(snapshot_id, f.data_file))
         manifests.append(writer.to_manifest_file())
     return manifests
