@@ -21,9 +21,11 @@ The SQLite state store only mirrors checkpoints for listing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from typing import Any, Literal
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import ValidatableTableRequirement
 
@@ -40,6 +43,7 @@ from calve import _faults
 from calve.changes import ChangeSet, capture_changes
 from calve.errors import CalveError, CheckpointConflictError
 from calve.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
+from calve.merge import MergePlan, plan_merge
 from calve.state import CheckpointRecord, StateStore
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
@@ -48,7 +52,7 @@ SUMMARY_CHECKPOINT = "calve.checkpoint"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,127}$")
 
 ALWAYS_TRUE = AlwaysTrue()
-WriteMode = Literal["append", "overwrite"]
+WriteMode = Literal["append", "overwrite", "merge"]
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,14 @@ class Checkpoint:
 @dataclass(frozen=True)
 class CommitResult:
     target_table: str
-    snapshot_id: int | None
+    snapshot_id: int | None  # None when there was nothing to write (only the checkpoint advanced)
     checkpoints: tuple[Checkpoint, ...]
     rows_written: int
+    rows_deleted: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    files_removed: int = 0
+    merge: MergePlan | None = None
 
 
 class AssertCheckpointUnchanged(ValidatableTableRequirement):
@@ -164,10 +173,21 @@ class Consumer:
         data: pa.Table | pa.RecordBatchReader,
         mode: WriteMode = "append",
         overwrite_filter: BooleanExpression | str = ALWAYS_TRUE,
+        keys: Sequence[str] = (),
+        deletes: pa.Table | None = None,
     ) -> CommitResult:
-        """Write `data` into `target` and advance the checkpoints to the end of `changes`, atomically."""
-        if mode not in ("append", "overwrite"):
-            raise CalveError(f"write mode {mode!r} is not one of: append, overwrite")
+        """Write `data` into `target` and advance the checkpoints to the end of `changes`, atomically.
+
+        `append` adds the rows; `overwrite` replaces the rows matching `overwrite_filter` (default: all)
+        with them; `merge` upserts them on `keys` and deletes the `deletes` keys, rewriting only the
+        files that hold one of the keys. With nothing to write, only the checkpoint advances.
+        """
+        if mode not in ("append", "overwrite", "merge"):
+            raise CalveError(f"write mode {mode!r} is not one of: append, overwrite, merge")
+        if mode == "merge" and not keys:
+            raise CalveError("mode 'merge' needs the key columns (keys=...)")
+        if isinstance(data, pa.RecordBatchReader) and mode == "merge":
+            data = data.read_all()
         expected = target.metadata.properties.get(self.property_key)
         merged = {name: c.to_dict() for name, c in self.checkpoints(target).items()}
         advanced = []
@@ -180,6 +200,14 @@ class Consumer:
         value = json.dumps(merged, sort_keys=True, separators=(",", ":"))
         summary = {SUMMARY_CONSUMER: self.name, SUMMARY_CHECKPOINT: value}
 
+        plan = None
+        if mode == "merge":
+            assert isinstance(data, pa.Table)
+            plan = plan_merge(target, data, keys, deletes)
+        empty = isinstance(data, pa.Table) and data.num_rows == 0
+        nothing_to_write = empty and (mode == "append" or (plan is not None and not plan.deleted_files))
+        before = target.current_snapshot()
+
         _faults.crash_point("consumer.before_commit")
         with warnings.catch_warnings(), target.transaction() as tx:
             # an overwrite of days that hold no rows yet is normal here, not worth a warning
@@ -188,19 +216,37 @@ class Consumer:
             requirement = AssertCheckpointUnchanged(key=self.property_key, expected=expected)
             tx._stage((), (requirement,))  # type: ignore[arg-type]
             tx.set_properties({self.property_key: value})
-            if mode == "append":
+            if nothing_to_write:
+                pass  # the checkpoint alone advances: no empty snapshot for downstream readers to see
+            elif mode == "append":
                 tx.append(data, snapshot_properties=summary)
-            else:
+            elif mode == "overwrite":
                 tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=summary)
+            else:
+                assert plan is not None and plan.rows is not None
+                _commit_merge(tx, target, plan, summary)
             _faults.crash_point("consumer.during_commit")
         _faults.crash_point("consumer.after_commit")
 
         snapshot = target.current_snapshot()
         for checkpoint in advanced:
             self._mirror(target, checkpoint)
-        rows = int(snapshot.summary.get("added-records") or 0) if snapshot and snapshot.summary else 0
+        committed = snapshot is not None and (before is None or snapshot.snapshot_id != before.snapshot_id)
+        summary_of = snapshot.summary if committed and snapshot and snapshot.summary else None
+
+        def count(key: str) -> int:
+            return int(summary_of.get(key) or 0) if summary_of is not None else 0
+
         return CommitResult(
-            _table_name(target), snapshot.snapshot_id if snapshot else None, tuple(advanced), rows
+            _table_name(target),
+            snapshot.snapshot_id if committed and snapshot else None,
+            tuple(advanced),
+            rows_written=count("added-records"),
+            rows_deleted=count("deleted-records"),
+            files_written=count("added-data-files"),
+            bytes_written=count("added-files-size"),
+            files_removed=count("deleted-data-files"),
+            merge=plan,
         )
 
     def _mirror(self, target: Table, checkpoint: Checkpoint) -> None:
@@ -218,6 +264,27 @@ class Consumer:
                 updated_at=time.time(),
             )
         )
+
+
+def _commit_merge(tx: Transaction, target: Table, plan: MergePlan, summary: dict[str, str]) -> None:
+    """One snapshot: the rewritten files out, their kept rows and the upserts in."""
+    assert plan.rows is not None
+    if not plan.deleted_files:
+        tx.append(plan.rows, snapshot_properties=summary)
+        return
+    commit_uuid = uuid.uuid4()
+    with tx.update_snapshot(snapshot_properties=summary).overwrite(commit_uuid) as overwrite:
+        for data_file in plan.deleted_files:
+            overwrite.delete_data_file(data_file)
+        if plan.rows.num_rows:
+            for data_file in _dataframe_to_data_files(
+                table_metadata=tx.table_metadata,
+                df=plan.rows,
+                io=target.io,
+                write_uuid=commit_uuid,
+                counter=itertools.count(0),
+            ):
+                overwrite.append_data_file(data_file)
 
 
 def _table_name(table: Table) -> str:

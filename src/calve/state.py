@@ -1,17 +1,23 @@
-"""The embedded state store: a SQLite file that mirrors consumer checkpoints for listing.
+"""The embedded state store: a SQLite file with run history, run locks, trigger state and a mirror of
+consumer checkpoints.
 
-The Iceberg commit of a consumer's output is the source of truth for its checkpoint; this store is
-a mirror that `calve consumers` lists without loading every target table, and that later issues
-extend with runs and locks. Its schema is versioned and migrated forward on open.
+The Iceberg commit of a consumer's output is the source of truth for its checkpoint; this store
+mirrors it so that `calve consumers` lists without loading every target table. Runs and their steps
+are recorded here (`calve runs`), at most one run per workflow holds the lock, and the scheduler keeps
+the last slot it fired per trigger. The schema is versioned and migrated forward on open.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +39,67 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE runs (
+               run_id TEXT PRIMARY KEY,
+               workflow TEXT NOT NULL,
+               workflow_version TEXT NOT NULL,
+               trigger TEXT NOT NULL,
+               trigger_slot TEXT,
+               logical_date TEXT NOT NULL,
+               params TEXT NOT NULL,
+               status TEXT NOT NULL,
+               created_at REAL NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               pins TEXT NOT NULL DEFAULT '{}',
+               restart_of TEXT,
+               host TEXT,
+               pid INTEGER,
+               error TEXT,
+               UNIQUE (workflow, trigger, trigger_slot)
+           )"""
+    )
+    db.execute("CREATE INDEX runs_by_workflow ON runs (workflow, created_at)")
+    db.execute(
+        """CREATE TABLE step_runs (
+               run_id TEXT NOT NULL REFERENCES runs (run_id),
+               step_id TEXT NOT NULL,
+               iteration INTEGER NOT NULL DEFAULT -1,
+               iteration_value TEXT,
+               status TEXT NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               cpu_s REAL,
+               metrics TEXT NOT NULL DEFAULT '{}',
+               error TEXT,
+               PRIMARY KEY (run_id, step_id, iteration)
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE run_locks (
+               workflow TEXT PRIMARY KEY,
+               run_id TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               acquired_at REAL NOT NULL,
+               heartbeat_at REAL NOT NULL
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE trigger_state (
+               workflow TEXT NOT NULL,
+               trigger TEXT NOT NULL,
+               last_slot TEXT,
+               last_fired_at REAL,
+               PRIMARY KEY (workflow, trigger)
+           )"""
+    )
+
+
 # One function per version; version N's function migrates a store at N-1 to N.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
 STATE_VERSION = len(MIGRATIONS)
 
 
@@ -53,7 +118,7 @@ class CheckpointRecord:
 
 
 class StateStore:
-    """SQLite-backed mirror of consumer checkpoints (later: runs and locks)."""
+    """SQLite-backed run history, run locks, trigger state and mirror of consumer checkpoints."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or calve_home() / "state.db"
@@ -113,3 +178,280 @@ class StateStore:
         with self._connect() as db:
             rows = db.execute(query + " ORDER BY consumer, source_table, target_table", params).fetchall()
         return [CheckpointRecord(*row) for row in rows]
+
+    # ---- runs -------------------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord) -> bool:
+        """Record a new run; False if its trigger slot already has a run (a scheduler restarted)."""
+        with self._connect() as db:
+            cursor = db.execute(
+                """INSERT OR IGNORE INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
+                     logical_date, params, status, created_at, started_at, finished_at, pins, restart_of,
+                     host, pid, error)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    run.run_id,
+                    run.workflow,
+                    run.workflow_version,
+                    run.trigger,
+                    run.trigger_slot,
+                    run.logical_date,
+                    json.dumps(run.params, default=str, sort_keys=True),
+                    run.status.value,
+                    run.created_at,
+                    run.started_at,
+                    run.finished_at,
+                    json.dumps(run.pins, sort_keys=True),
+                    run.restart_of,
+                    run.host,
+                    run.pid,
+                    run.error,
+                ),
+            )
+            if cursor.rowcount and run.trigger_slot is not None:
+                db.execute(
+                    """INSERT INTO trigger_state VALUES (?, ?, ?, ?)
+                       ON CONFLICT (workflow, trigger) DO UPDATE SET
+                         last_slot = excluded.last_slot, last_fired_at = excluded.last_fired_at""",
+                    (run.workflow, run.trigger, run.trigger_slot, run.created_at),
+                )
+            return bool(cursor.rowcount)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        allowed = {"status", "started_at", "finished_at", "pins", "host", "pid", "error"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update run fields {sorted(unknown)}")
+        values = {
+            k: (v.value if isinstance(v, RunStatus) else json.dumps(v, sort_keys=True) if k == "pins" else v)
+            for k, v in fields.items()
+        }
+        assignments = ", ".join(f"{name} = ?" for name in values)  # names from the allow-list above
+        with self._connect() as db:
+            db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
+
+    def record_step(self, step: StepRunRecord) -> None:
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO step_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (run_id, step_id, iteration) DO UPDATE SET
+                     status = excluded.status, started_at = excluded.started_at,
+                     finished_at = excluded.finished_at, cpu_s = excluded.cpu_s,
+                     metrics = excluded.metrics, error = excluded.error""",
+                (
+                    step.run_id,
+                    step.step_id,
+                    step.iteration,
+                    step.iteration_value,
+                    step.status.value,
+                    step.started_at,
+                    step.finished_at,
+                    step.cpu_s,
+                    json.dumps(step.metrics, default=str, sort_keys=True),
+                    step.error,
+                ),
+            )
+
+    def runs(
+        self, workflow: str | None = None, limit: int = 50, status: RunStatus | None = None
+    ) -> list[RunRecord]:
+        query = "SELECT * FROM runs WHERE 1 = 1"
+        params: list[Any] = []
+        if workflow is not None:
+            query += " AND workflow = ?"
+            params.append(workflow)
+        if status is not None:
+            query += " AND status = ?"
+            params.append(status.value)
+        query += " ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        params.append(limit)
+        with self._connect() as db:
+            return [_run(row) for row in db.execute(query, params).fetchall()]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run(row) if row else None
+
+    def step_runs(self, run_id: str) -> list[StepRunRecord]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM step_runs WHERE run_id = ? ORDER BY started_at, step_id, iteration", (run_id,)
+            ).fetchall()
+        return [
+            StepRunRecord(
+                run_id=r[0],
+                step_id=r[1],
+                iteration=r[2],
+                iteration_value=r[3],
+                status=RunStatus(r[4]),
+                started_at=r[5],
+                finished_at=r[6],
+                cpu_s=r[7],
+                metrics=json.loads(r[8]),
+                error=r[9],
+            )
+            for r in rows
+        ]
+
+    def last_slot(self, workflow: str, trigger: str) -> tuple[str | None, float | None]:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT last_slot, last_fired_at FROM trigger_state WHERE workflow = ? AND trigger = ?",
+                (workflow, trigger),
+            ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    # ---- locks ------------------------------------------------------------------------------
+
+    def acquire_lock(self, workflow: str, run_id: str, stale_after_s: float) -> RunLock | None:
+        """Take the workflow's run lock for `run_id`; returns the live holder instead if there is one.
+
+        A lock is stale when its holder stopped heartbeating for `stale_after_s`, or when the holder's
+        process on this host is gone (killed): then the lock is taken over and the dead run is marked
+        failed, so a SIGKILL never leaves a workflow stuck.
+        """
+        now = time.time()
+        host = socket.gethostname()
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM run_locks WHERE workflow = ?", (workflow,)).fetchone()
+            if row is not None:
+                holder = RunLock(*row)
+                if holder.run_id != run_id and not holder.is_stale(now, stale_after_s, host):
+                    return holder
+                if holder.run_id != run_id:
+                    db.execute(
+                        """UPDATE runs SET status = ?, finished_at = ?, error = ?
+                           WHERE run_id = ? AND status = ?""",
+                        (
+                            RunStatus.FAILED.value,
+                            now,
+                            f"the run stopped without finishing (process {holder.pid} on {holder.host} is "
+                            "gone or stopped heartbeating); its committed steps stand, rerun to finish",
+                            holder.run_id,
+                            RunStatus.RUNNING.value,
+                        ),
+                    )
+            db.execute(
+                "INSERT OR REPLACE INTO run_locks VALUES (?, ?, ?, ?, ?, ?)",
+                (workflow, run_id, host, os.getpid(), now, now),
+            )
+        return None
+
+    def heartbeat(self, workflow: str, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE run_locks SET heartbeat_at = ? WHERE workflow = ? AND run_id = ?",
+                (time.time(), workflow, run_id),
+            )
+
+    def release_lock(self, workflow: str, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM run_locks WHERE workflow = ? AND run_id = ?", (workflow, run_id))
+
+    def locks(self) -> list[RunLock]:
+        with self._connect() as db:
+            return [RunLock(*row) for row in db.execute("SELECT * FROM run_locks").fetchall()]
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    workflow: str
+    workflow_version: str
+    trigger: str
+    logical_date: str
+    params: dict[str, Any]
+    status: RunStatus
+    created_at: float
+    trigger_slot: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    pins: dict[str, Any] = field(default_factory=dict)
+    restart_of: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["status"] = self.status.value
+        return data
+
+
+@dataclass
+class StepRunRecord:
+    run_id: str
+    step_id: str
+    status: RunStatus
+    iteration: int = -1  # -1: not a foreach iteration
+    iteration_value: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    cpu_s: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["status"] = self.status.value
+        return data
+
+
+@dataclass(frozen=True)
+class RunLock:
+    workflow: str
+    run_id: str
+    host: str
+    pid: int
+    acquired_at: float
+    heartbeat_at: float
+
+    def is_stale(self, now: float, stale_after_s: float, host: str) -> bool:
+        if now - self.heartbeat_at > stale_after_s:
+            return True
+        return self.host == host and not _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        workflow=row[1],
+        workflow_version=row[2],
+        trigger=row[3],
+        trigger_slot=row[4],
+        logical_date=row[5],
+        params=json.loads(row[6]),
+        status=RunStatus(row[7]),
+        created_at=row[8],
+        started_at=row[9],
+        finished_at=row[10],
+        pins=json.loads(row[11]),
+        restart_of=row[12],
+        host=row[13],
+        pid=row[14],
+        error=row[15],
+    )

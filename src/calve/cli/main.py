@@ -6,7 +6,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from pyiceberg.catalog import Catalog
@@ -23,19 +23,48 @@ from calve.icdc import create_icdc_table
 from calve.ranges import change_ranges
 from calve.state import StateStore
 
+if TYPE_CHECKING:
+    from calve.project import Project
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Context:
-    def __init__(self, catalog_name: str | None) -> None:
+    """What every command may need, loaded on first use: the project, its catalog and state store.
+
+    Inside a project (a calve.yaml here or above, or --project), the catalog and state store are the
+    project's; elsewhere, the embedded default in ./.calve (or $CALVE_HOME), or --catalog.
+    """
+
+    def __init__(self, catalog_name: str | None, project_dir: Path | None) -> None:
         self.catalog_name = catalog_name
+        self.project_dir = project_dir
         self._catalog: Catalog | None = None
+
+    @functools.cached_property
+    def project_root(self) -> Path | None:
+        from calve.project import find_project
+
+        return self.project_dir.resolve() if self.project_dir is not None else find_project()
+
+    @functools.cached_property
+    def project(self) -> Project:
+        from calve.project import open_project
+
+        return open_project(self.project_root, self.catalog_name)
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
-            self._catalog = open_catalog(self.catalog_name)
+            if self.project_root is not None:
+                self._catalog = self.project.catalog
+            else:
+                self._catalog = open_catalog(self.catalog_name)
         return self._catalog
+
+    @property
+    def state(self) -> StateStore:
+        return self.project.state if self.project_root is not None else StateStore()
 
 
 def json_option(func: F) -> F:
@@ -66,11 +95,19 @@ def handle_errors(func: F) -> F:
     envvar="CALVE_CATALOG",
     metavar="NAME",
     help="A catalog from the pyiceberg configuration (.pyiceberg.yaml or PYICEBERG_CATALOG__NAME__* "
-    "variables). Default: the embedded SQLite catalog and warehouse in ./.calve/ (or $CALVE_HOME).",
+    "variables). Default: the project's (calve.yaml), else the embedded SQLite catalog and warehouse "
+    "in ./.calve/ (or $CALVE_HOME).",
+)
+@click.option(
+    "--project",
+    "project_dir",
+    envvar="CALVE_PROJECT",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The project folder (with calve.yaml). Default: the nearest one at or above the current folder.",
 )
 @click.version_option(__version__, prog_name="calve")
 @click.pass_context
-def cli(ctx: click.Context, catalog_name: str | None) -> None:
+def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) -> None:
     """calve: incremental processing for Apache Iceberg tables.
 
     calve reads what changed in a table between two snapshots from Iceberg metadata alone, publishes
@@ -80,11 +117,14 @@ def cli(ctx: click.Context, catalog_name: str | None) -> None:
     \b
     Start here:
       calve demo                          change capture end to end, on tables it creates
-      calve snapshots db.events           the history to pick --since from
+      calve init my_project               a project: calve.yaml, workflows/, embedded warehouse
+      calve validate                      check every workflow file before anything runs
+      calve run daily_views               run a workflow once, now
+      calve runs                          what ran, with status, timings and rows
+      calve scheduler                     run workflows when their triggers fire
       calve changes db.events --since 42 --ranges event_time --json
-      calve icdc db.events --since 42     zero-copy table of the appended files
     """
-    ctx.obj = Context(catalog_name)
+    ctx.obj = Context(catalog_name, project_dir)
 
 
 def _snapshot_id(value: str | None) -> int | None:
@@ -105,7 +145,7 @@ def _resolve_since(ctx: Context, table_name: str, since: str | None, consumer: s
         return _snapshot_id(since)
     from calve.consumer import Consumer
 
-    records = [r for r in StateStore().checkpoints(consumer) if r.source_table == table_name]
+    records = [r for r in ctx.state.checkpoints(consumer) if r.source_table == table_name]
     if not records:
         raise CalveError(
             f"consumer {consumer!r} has committed no checkpoint for {table_name}; list consumers with "
@@ -347,7 +387,7 @@ def snapshots(ctx: Context, table: str, limit: int, json_mode: bool, out: Output
 @handle_errors
 def consumers(ctx: Context, name: str | None, json_mode: bool, out: Output) -> None:
     """List consumers and their checkpoints (from the state store's mirror of the Iceberg commits)."""
-    records = StateStore().checkpoints(name)
+    records = ctx.state.checkpoints(name)
 
     def render(console: Console) -> None:
         if not records:
@@ -408,6 +448,11 @@ def demo(ctx: Context, rounds: int, events_per_round: int, seed: int, json_mode:
     out.result(report, render)
     if not report["matches_recomputation"]:
         sys.exit(2)
+
+
+from calve.cli import workflow_commands  # noqa: E402  (registers the workflow commands on `cli`)
+
+del workflow_commands
 
 
 def main() -> None:

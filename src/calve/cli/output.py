@@ -31,7 +31,7 @@ class Output:
         self.json_mode = json_mode
         # piped output is read by people too (CI logs): don't squeeze 19-digit snapshot ids into 80 columns
         self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
     def result(self, payload: dict[str, Any], render: Callable[[Console], None]) -> None:
         if self.json_mode:

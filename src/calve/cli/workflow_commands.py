@@ -1,0 +1,382 @@
+"""Project and workflow commands: init, validate, workflows, run, runs, scheduler."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from calve.cli.main import Context, cli, handle_errors, json_option
+from calve.cli.output import Output, human_bytes
+from calve.errors import CalveError
+from calve.state import RunStatus
+from calve.workflows.runner import Runner
+from calve.workflows.spec import WorkflowError
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "running": "cyan",
+    "queued": "cyan",
+    "skipped": "dim",
+    "cancelled": "yellow",
+}
+
+
+def _runner(ctx: Context, out: Output) -> Runner:
+    project = ctx.project
+    return Runner(
+        project.catalog,
+        project.state,
+        project.engine(),
+        lock_stale_after_s=project.settings.lock_stale_after_s,
+        progress=out.progress,
+        python_path=[str(project.root)],
+    )
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--no-example", is_flag=True, help="Do not write the example workflow.")
+@json_option
+@handle_errors
+def init(directory: Path, no_example: bool, json_mode: bool, out: Output) -> None:
+    """Create a calve project in DIRECTORY (default: here).
+
+    Writes calve.yaml (the defaults, commented: nothing to edit to get started), a workflows/ folder
+    with an example workflow, and the embedded catalog, warehouse and state store in .calve/.
+
+    \b
+    Example:
+      calve init pipelines && cd pipelines && calve validate
+    """
+    from calve.project import init_project
+
+    created = init_project(directory, example=not no_example)
+
+    def render(console: Console) -> None:
+        console.print(f"created a calve project in [bold]{directory.resolve()}[/bold]:")
+        for path in created:
+            console.print(f"  {path.relative_to(directory.resolve())}")
+        console.print(
+            "next: add workflows to workflows/, check them with `calve validate`, run one with "
+            "`calve run WORKFLOW`"
+        )
+
+    out.result({"project": str(directory.resolve()), "created": [str(p) for p in created]}, render)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+@handle_errors
+def validate(ctx: Context, json_mode: bool, out: Output) -> None:
+    """Check calve.yaml and every workflow file, and report every problem at once.
+
+    Each problem names the file and line, the key, what is wrong and how to fix it. Nothing runs and
+    nothing is written. Exit code 1 if anything is invalid.
+    """
+    project = ctx.project
+    try:
+        workflows = project.workflows()
+    except WorkflowError as exc:
+        if json_mode:
+            sys.stdout.write(
+                __import__("json").dumps({"valid": False, "problems": exc.problems}, indent=2) + "\n"
+            )
+        else:
+            out.err.print(f"[bold red]{len(exc.problems)} problem(s):[/bold red]")
+            for problem in exc.problems:
+                out.err.print(f"  {problem}", markup=False)
+        sys.exit(1)
+    payload = {
+        "valid": True,
+        "workflows": {
+            w.id: {"path": str(w.path), "version": w.version, "steps": [s.id for s in w.steps]}
+            for w in workflows.values()
+        },
+    }
+
+    def render(console: Console) -> None:
+        if not workflows:
+            console.print(f"no workflow files in {project.settings.workflows}")
+        for w in workflows.values():
+            console.print(
+                f"[green]ok[/green] {w.id} ({w.path.name}): {len(w.steps)} step(s), "
+                f"{len(w.triggers)} trigger(s)"
+            )
+
+    out.result(payload, render)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+@handle_errors
+def workflows(ctx: Context, json_mode: bool, out: Output) -> None:
+    """List the project's workflows: steps, triggers and the last run of each."""
+    project = ctx.project
+    loaded = project.workflows()
+    rows: list[dict[str, Any]] = []
+    for w in loaded.values():
+        last = project.state.runs(w.id, limit=1)
+        rows.append(
+            {
+                "id": w.id,
+                "description": w.description,
+                "version": w.version,
+                "steps": [s.id for s in w.steps],
+                "triggers": [t.key for t in w.triggers],
+                "last_run": last[0].to_dict() if last else None,
+            }
+        )
+
+    def render(console: Console) -> None:
+        grid = RichTable("workflow", "steps", "triggers", "last run", "status")
+        for r in rows:
+            last = r["last_run"]
+            status = last["status"] if last else ""
+            grid.add_row(
+                r["id"],
+                " → ".join(r["steps"]),
+                ", ".join(r["triggers"]) or "(manual)",
+                last["run_id"] if last else "never",
+                f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if status else "",
+            )
+        console.print(grid)
+
+    out.result({"workflows": rows}, render)
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--param")
+        params[name.strip()] = value
+    return params
+
+
+@cli.command()
+@click.argument("workflow")
+@click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A param value (repeatable). Lists: comma-separated, as in days=2026-01-01,2026-01-02.",
+)
+@click.option(
+    "--logical-date", type=click.DateTime(["%Y-%m-%d"]), help="The run's $logical_date. Default: today (UTC)."
+)
+@click.option(
+    "--restart",
+    "restart_of",
+    metavar="RUN_ID",
+    help="Restart a failed run: same params and pinned snapshots, from its first unfinished step.",
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def run(
+    ctx: Context,
+    workflow: str,
+    params: tuple[str, ...],
+    logical_date: dt.datetime | None,
+    restart_of: str | None,
+    json_mode: bool,
+    out: Output,
+) -> None:
+    """Run WORKFLOW once, now, and record the run.
+
+    Each step reads only what changed in its inputs since its checkpoint (or the whole table, pinned
+    at one snapshot for the run), and commits its output together with its checkpoint. Steps with
+    nothing pending are skipped. Exit code 1 if the run fails; the failure names the step, the file
+    and line of the SQL, and the engine's message.
+
+    \b
+    Examples:
+      calve run daily_views
+      calve run backfill --param days=2026-01-01,2026-01-02 --json
+      calve run daily_views --restart 20261127T101500-3fa2c1
+    """
+    project = ctx.project
+    spec = project.workflow(workflow)
+    result = _runner(ctx, out).run(
+        spec,
+        _parse_params(params),
+        logical_date=logical_date.date() if logical_date else None,
+        restart_of=restart_of,
+    )
+    assert result is not None
+    payload = result.to_dict()
+
+    def render(console: Console) -> None:
+        _render_run(console, payload)
+
+    out.result(payload, render)
+    if result.status is RunStatus.FAILED:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("args", nargs=-1, metavar="[WORKFLOW] | show RUN_ID")
+@click.option("--limit", default=20, show_default=True, help="Show at most this many runs, newest first.")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status.")
+@json_option
+@click.pass_obj
+@handle_errors
+def runs(
+    ctx: Context, args: tuple[str, ...], limit: int, status: str | None, json_mode: bool, out: Output
+) -> None:
+    """List recorded runs (of WORKFLOW), or show one with `calve runs show RUN_ID`.
+
+    \b
+    Examples:
+      calve runs
+      calve runs daily_views --status failed
+      calve runs show 20261127T101500-3fa2c1 --json
+    """
+    state = ctx.project.state
+    if args and args[0] == "show":
+        if len(args) != 2:
+            raise click.UsageError("usage: calve runs show RUN_ID")
+        record = state.run(args[1])
+        if record is None:
+            raise CalveError(f"no run {args[1]!r}; list runs with `calve runs`")
+        payload = {**record.to_dict(), "steps": [s.to_dict() for s in state.step_runs(record.run_id)]}
+        out.result(payload, lambda console: _render_run(console, payload))
+        return
+    if len(args) > 1:
+        raise click.UsageError("give at most one WORKFLOW")
+    records = state.runs(args[0] if args else None, limit=limit, status=RunStatus(status) if status else None)
+    rows = [r.to_dict() for r in records]
+
+    def render(console: Console) -> None:
+        if not rows:
+            console.print("no runs recorded")
+            return
+        grid = RichTable("run", "workflow", "trigger", "logical date", "status", "took", "error")
+        for r in rows:
+            took = (
+                f"{r['finished_at'] - r['started_at']:.1f}s" if r["finished_at"] and r["started_at"] else ""
+            )
+            grid.add_row(
+                r["run_id"],
+                r["workflow"],
+                r["trigger"],
+                r["logical_date"],
+                f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+                took,
+                _short(r["error"]),
+            )
+        console.print(grid)
+
+    out.result({"runs": rows}, render)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Evaluate every trigger once, run what is due, and exit.")
+@click.option(
+    "--tick", default=10.0, show_default=True, metavar="SECONDS", help="How often to evaluate triggers."
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Output) -> None:
+    """Run the project's workflows when their triggers fire, until stopped (Ctrl-C or SIGTERM).
+
+    Time triggers (cron, interval) fire once per slot; incremental triggers fire when a source has
+    changes past the workflow's checkpoints. Runs that a killed scheduler left unfinished are
+    restarted from their first unfinished step. With --once: one evaluation, for cron jobs and tests.
+    """
+    from calve.workflows.scheduler import Scheduler, _describe
+
+    project = ctx.project
+    project.workflows()  # invalid files: fail now, with every problem
+    engine = Scheduler(project, _runner(ctx, out), log=out.progress)
+    if once:
+        firings = engine.tick()
+        payload = {"fired": [f.to_dict() for f in firings]}
+
+        def render(console: Console) -> None:
+            if not firings:
+                console.print("nothing due")
+            for firing in firings:
+                console.print(_describe(firing), markup=False)
+
+        out.result(payload, render)
+        if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
+            sys.exit(1)
+        return
+
+    stopping = {"flag": False}
+
+    def stop(signum: int, frame: Any) -> None:
+        out.progress("stopping after the current run ...")
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log = out.progress if json_mode else (lambda message: out.console.print(message, markup=False))
+    engine.log = log
+    engine.run_forever(tick, should_stop=lambda: stopping["flag"])
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _render_run(console: Console, run: dict[str, Any]) -> None:
+    status = run["status"]
+    console.print(
+        f"run [bold]{run['run_id']}[/bold] of [bold]{run['workflow']}[/bold] "
+        f"([{STATUS_STYLE.get(status, '')}]{status}[/]), trigger {run['trigger']}, "
+        f"logical date {run['logical_date']}"
+    )
+    if run.get("params"):
+        console.print("params: " + ", ".join(f"{k}={v}" for k, v in run["params"].items()), markup=False)
+    grid = RichTable(
+        "step",
+        "status",
+        "took",
+        "cpu",
+        "rows read",
+        "bytes read",
+        "rows written",
+        "bytes written",
+        "snapshot",
+    )
+    for step in run["steps"]:
+        m = step["metrics"]
+        took = (
+            f"{step['finished_at'] - step['started_at']:.2f}s"
+            if step["finished_at"] and step["started_at"]
+            else ""
+        )
+        label = step["step_id"] + (f"[{step['iteration_value']}]" if step["iteration"] >= 0 else "")
+        grid.add_row(
+            label,
+            f"[{STATUS_STYLE.get(step['status'], '')}]{step['status']}[/]",
+            took,
+            f"{step['cpu_s']:.2f}s" if step["cpu_s"] is not None else "",
+            str(m.get("rows_read", "")),
+            human_bytes(m["bytes_read"]) if "bytes_read" in m else "",
+            str(m.get("rows_written", "")),
+            human_bytes(m["bytes_written"]) if "bytes_written" in m else "",
+            str(m.get("committed_snapshot_id") or ""),
+        )
+    console.print(grid)
+    if run.get("error"):
+        console.print(f"[red]error:[/red] {run['error']}", markup=True, highlight=False)

@@ -1,0 +1,221 @@
+"""Projects: a folder with `calve.yaml`, a `workflows/` folder and the embedded warehouse in `.calve/`.
+
+    calve.yaml          settings (every key optional; `calve init` writes the defaults, commented)
+    workflows/*.yaml    one workflow per file, SQL inline or in .sql files beside it
+    .calve/             embedded catalog (catalog.db), warehouse/, state store (state.db)
+
+Commands find the project by looking for `calve.yaml` in the current folder and its parents, or
+take `--project DIR` (or $CALVE_PROJECT).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from pyiceberg.catalog import Catalog
+
+from calve.catalog import embedded_catalog, open_catalog
+from calve.engines import Engine, get_engine
+from calve.errors import ConfigError
+from calve.state import StateStore
+from calve.workflows.spec import Workflow, WorkflowError, _Checker, _suggest, load_workflow, parse_duration
+from calve.workflows.yamlfile import load_yaml
+
+PROJECT_FILE = "calve.yaml"
+
+DEFAULT_SETTINGS = """\
+# calve project settings. Every key is optional: these are the defaults.
+
+# The Iceberg catalog: "embedded" (SQLite catalog and warehouse in .calve/, no server),
+# or the name of a catalog in .pyiceberg.yaml / PYICEBERG_CATALOG__<NAME>__* variables.
+catalog: embedded
+
+# The engine that runs SQL steps: duckdb (in process).
+engine: duckdb
+
+# Run history, run locks and trigger state (SQLite), relative to this file.
+state: .calve/state.db
+
+# Where workflow files live, relative to this file.
+workflows: workflows
+
+# A run whose process stopped heartbeating this long ago no longer holds its workflow's lock.
+lock_stale_after: 10m
+"""
+
+EXAMPLE_WORKFLOW = """\
+# An example workflow: replace it with yours. The format is in docs/workflows.md.
+id: hello
+description: Counts the new rows of a table, per day, and merges the counts into a daily table.
+params:
+  min_rows: {type: int, default: 0, description: days with fewer new rows are left out}
+triggers:
+  - incremental: {sources: [demo.events], min_interval: 1m}
+steps:
+  - id: daily_counts
+    inputs:
+      events: {table: demo.events, read: icdc, ranges: [day]}
+    sql: |
+      SELECT day, count(*) AS new_rows
+      FROM events
+      GROUP BY day
+      HAVING count(*) >= $min_rows
+    output: {table: demo.daily_counts, mode: append, partition_by: [day]}
+"""
+
+
+@dataclass(frozen=True)
+class Settings:
+    catalog: str | None
+    engine: str
+    state: Path
+    workflows: Path
+    lock_stale_after_s: int
+
+
+class Project:
+    def __init__(self, root: Path, catalog_override: str | None = None) -> None:
+        self.root = root.resolve()
+        self.settings = _load_settings(self.root)
+        self._catalog_override = catalog_override
+
+    @property
+    def home(self) -> Path:
+        if env := os.environ.get("CALVE_HOME"):
+            return Path(env).resolve()
+        return self.root / ".calve"
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        name = self._catalog_override or self.settings.catalog
+        return embedded_catalog(self.home) if name is None else open_catalog(name)
+
+    @cached_property
+    def state(self) -> StateStore:
+        return StateStore(self.settings.state)
+
+    def engine(self) -> Engine:
+        return get_engine(self.settings.engine)
+
+    def workflow_files(self) -> list[Path]:
+        folder = self.settings.workflows
+        if not folder.is_dir():
+            return []
+        return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+    def workflows(self) -> dict[str, Workflow]:
+        """Every workflow of the project, validated; all problems of all files are raised at once."""
+        problems: list[str] = []
+        loaded: dict[str, Workflow] = {}
+        for path in self.workflow_files():
+            try:
+                workflow = load_workflow(path, self.root)
+            except WorkflowError as exc:
+                problems.extend(exc.problems)
+                continue
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
+            if workflow.id in loaded:
+                problems.append(
+                    f"{path.relative_to(self.root)}: workflow id {workflow.id!r} is also used by "
+                    f"{loaded[workflow.id].path.relative_to(self.root)}; workflow ids must be unique"
+                )
+                continue
+            loaded[workflow.id] = workflow
+        if problems:
+            raise WorkflowError(problems)
+        return loaded
+
+    def workflow(self, workflow_id: str) -> Workflow:
+        workflows = self.workflows()
+        if workflow_id not in workflows:
+            raise ConfigError(
+                f"no workflow {workflow_id!r} in {self.settings.workflows}"
+                f"{_suggest(workflow_id, workflows)}; "
+                f"workflows: {', '.join(sorted(workflows)) or '(none: add a .yaml file)'}"
+            )
+        return workflows[workflow_id]
+
+
+def _load_settings(root: Path) -> Settings:
+    path = root / PROJECT_FILE
+    raw: dict[str, object] = {}
+    if path.is_file():
+        doc = load_yaml(path)
+        checker = _Checker(doc, root)
+        raw = checker.mapping(
+            doc.value if doc.value is not None else {},
+            (),
+            ("catalog", "engine", "state", "workflows", "lock_stale_after"),
+        )
+        try:
+            stale = parse_duration(raw.get("lock_stale_after", "10m"))
+        except ValueError as exc:
+            checker.problem(("lock_stale_after",), str(exc))
+            stale = 600
+        if checker.problems:
+            raise WorkflowError(checker.problems)
+    else:
+        stale = 600
+    catalog = raw.get("catalog", "embedded")
+    return Settings(
+        catalog=None if catalog in (None, "embedded") else str(catalog),
+        engine=str(raw.get("engine", "duckdb")),
+        state=(root / str(raw.get("state", ".calve/state.db"))).resolve(),
+        workflows=(root / str(raw.get("workflows", "workflows"))).resolve(),
+        lock_stale_after_s=stale,
+    )
+
+
+def find_project(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` (default: $CALVE_PROJECT or the cwd) with a calve.yaml."""
+    if env := os.environ.get("CALVE_PROJECT"):
+        return Path(env).resolve()
+    folder = (start or Path.cwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        if (candidate / PROJECT_FILE).is_file():
+            return candidate
+    return None
+
+
+def open_project(root: Path | None = None, catalog_override: str | None = None) -> Project:
+    found = root.resolve() if root is not None else find_project()
+    if found is None or not (found / PROJECT_FILE).is_file():
+        where = found or Path.cwd()
+        raise ConfigError(
+            f"no {PROJECT_FILE} in {where} or its parents: create a project with `calve init`, "
+            "or point to one with --project DIR"
+        )
+    return Project(found, catalog_override)
+
+
+def init_project(root: Path, example: bool = True) -> list[Path]:
+    """Create calve.yaml, workflows/ (with an example) and .calve/ under `root`; never overwrites."""
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    created = []
+    settings = root / PROJECT_FILE
+    if settings.exists():
+        raise ConfigError(f"{settings} already exists: this folder is a calve project already")
+    settings.write_text(DEFAULT_SETTINGS, encoding="utf-8")
+    created.append(settings)
+    workflows = root / "workflows"
+    workflows.mkdir(exist_ok=True)
+    created.append(workflows)
+    if example and not any(workflows.iterdir()):
+        sample = workflows / "hello.yaml"
+        sample.write_text(EXAMPLE_WORKFLOW, encoding="utf-8")
+        created.append(sample)
+    home = root / ".calve"
+    embedded_catalog(home)
+    StateStore(home / "state.db")
+    created.append(home)
+    gitignore = root / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(".calve/\n", encoding="utf-8")
+        created.append(gitignore)
+    return created
