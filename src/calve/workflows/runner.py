@@ -484,11 +484,25 @@ class Runner:
         rows_read = files_read = bytes_read = 0
         snapshots: dict[str, Any] = {}
         union: dict[str, list[ColumnRange]] = {}
-        # inputs whose filter uses another input's values come after it
+
+        def publish_union() -> None:  # $range_<column>_min/max: the union over the inputs so far
+            for column, ranges_of_column in union.items():
+                known = [r for r in ranges_of_column if r.min is not None]
+                prepared.params[f"range_{column}_min"] = min((r.min for r in known), default=None)
+                prepared.params[f"range_{column}_max"] = max((r.max for r in known), default=None)
+
+        # changes (and their ranges) first, then whole tables, whose filters may use them; an input
+        # whose filter uses another input's values comes last
         ordered = sorted(
-            step.inputs, key=lambda i: any(isinstance(_ref(p), InputColumnRef) for p in i.filter)
+            step.inputs,
+            key=lambda i: (
+                i.read.incremental is False,
+                any(isinstance(_ref(p), InputColumnRef) for p in i.filter),
+            ),
         )
         for spec in ordered:
+            if not spec.read.incremental:
+                publish_union()
             source = load_table(self.catalog, spec.table)
             if spec.table not in pins:
                 snapshot = source.current_snapshot()
@@ -538,10 +552,7 @@ class Runner:
             rows_read += table.num_rows
             files_read += read[0]
             bytes_read += read[1]
-        for column, ranges_of_column in union.items():
-            known = [r for r in ranges_of_column if r.min is not None]
-            prepared.params[f"range_{column}_min"] = min((r.min for r in known), default=None)
-            prepared.params[f"range_{column}_max"] = max((r.max for r in known), default=None)
+        publish_union()
         prepared.metrics = {
             "rows_read": rows_read,
             "files_read": files_read,
@@ -567,6 +578,8 @@ class Runner:
             if change_set.to_snapshot_id_inclusive is None
             else snapshot_schema(source, change_set.to_snapshot_id_inclusive)
         )
+        if spec.read is ReadKind.RANGES:
+            return schema.as_arrow().empty_table(), (0, 0)
         if spec.read is ReadKind.ICDC:
             if not change_set.is_append_only:
                 ops = ", ".join(

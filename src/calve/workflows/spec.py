@@ -46,6 +46,7 @@ class ReadKind(StrEnum):
     INSERTED = "inserted"  # the rows inserted since the checkpoint (any kind of snapshot)
     CHANGELOG = "changelog"  # inserted and deleted rows, with a _change_type column
     KEYS = "keys"  # the distinct values of `keys` over inserted and deleted rows
+    RANGES = "ranges"  # no rows: only the change ranges of `ranges` columns (and the checkpoint)
     TABLE = "table"  # the whole table (optionally filtered), pinned at one snapshot for the run
 
     @property
@@ -727,10 +728,12 @@ def _inputs(
         if kind is ReadKind.KEYS and not keys:
             c.problem(ikey, "read: keys needs keys: [column, ...]")
         ranges = c.names(spec["ranges"], (*ikey, "ranges"), "columns") if "ranges" in spec else ()
+        if kind is ReadKind.RANGES and not ranges:
+            c.problem(ikey, "read: ranges needs ranges: [column, ...]")
         if ranges and not kind.incremental:
             c.problem(
                 (*ikey, "ranges"),
-                "change ranges come from changes: use read: icdc, inserted, changelog or keys",
+                "change ranges come from changes: use read: ranges, icdc, inserted, changelog or keys",
             )
         predicates: tuple[Predicate, ...] = ()
         if "filter" in spec:
