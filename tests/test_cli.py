@@ -19,7 +19,7 @@ from tests.conftest import EVENTS, events
 def calve(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALVE_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "calve.cli.main", *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "calve", *args], env=env, capture_output=True, text=True, timeout=120
     )
 
 

@@ -302,6 +302,15 @@ class StateStore:
             ).fetchone()
         return (row[0], row[1]) if row else (None, None)
 
+    def mark_fired(self, workflow: str, trigger: str, at: float) -> None:
+        """Remember when a slot-less (incremental) trigger last fired, for its min_interval."""
+        with self._connect() as db:
+            db.execute(
+                """INSERT INTO trigger_state VALUES (?, ?, NULL, ?)
+                   ON CONFLICT (workflow, trigger) DO UPDATE SET last_fired_at = excluded.last_fired_at""",
+                (workflow, trigger, at),
+            )
+
     # ---- locks ------------------------------------------------------------------------------
 
     def acquire_lock(self, workflow: str, run_id: str, stale_after_s: float) -> RunLock | None:

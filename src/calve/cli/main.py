@@ -459,5 +459,7 @@ def main() -> None:
     cli(prog_name="calve")
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # run as a script, this file is not calve.cli.main: use the real module
+    from calve.cli.main import main as _main
+
+    _main()

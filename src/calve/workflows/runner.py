@@ -411,12 +411,19 @@ class Runner:
             prepared = self._prepare(workflow, target, record, pins, extra, publish_only=True)
             published[target.id] = prepared
             return RunStatus.SUCCEEDED, {
-                "icdc_tables": {a: t.to_dict() for a, t in prepared.icdc.items()},
                 **prepared.metrics,
+                "icdc_tables": {a: t.to_dict() for a, t in prepared.icdc.items()},
             }
 
-        if step.id in published:  # an icdc step prepared (and published) this step's inputs
+        if step.id in published:  # an icdc step prepared (and published) this step's inputs: read them
             prepared = published.pop(step.id)
+            for alias, icdc in prepared.icdc.items():
+                if icdc.files:
+                    rows = self.catalog.load_table(icdc.identifier).scan().to_arrow()
+                    prepared.tables[alias] = rows
+                    prepared.metrics["rows_read"] += rows.num_rows
+                    prepared.metrics["files_read"] += icdc.files
+                    prepared.metrics["bytes_read"] += icdc.bytes
         else:
             prepared = self._prepare(workflow, step, record, pins, extra)
         metrics = dict(prepared.metrics)

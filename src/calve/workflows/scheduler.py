@@ -154,14 +154,14 @@ class Scheduler:
         return Firing(workflow.id, trigger.key, key, result, note)
 
     def _incremental(self, workflow: Workflow, trigger: TriggerSpec, now: dt.datetime) -> Firing | None:
-        if trigger.min_interval_s:
-            last_runs = self.project.state.runs(workflow.id, limit=1)
-            if last_runs and now.timestamp() - last_runs[0].created_at < trigger.min_interval_s:
-                return None
+        _, last_fired = self.project.state.last_slot(workflow.id, trigger.key)
+        if last_fired is not None and now.timestamp() - last_fired < trigger.min_interval_s:
+            return None  # batch bursts: wait for min_interval since this trigger last fired
         pending = [self._source_pending(workflow, source) for source in trigger.sources]
         fire = all(pending) if trigger.when == "all" else any(pending)
         if not fire:
             return None
+        self.project.state.mark_fired(workflow.id, trigger.key, now.timestamp())
         result = self.runner.run(workflow, trigger=trigger.key, logical_date=now.date())
         return Firing(workflow.id, trigger.key, None, result)
 

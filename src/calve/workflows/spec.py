@@ -594,8 +594,6 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
                 f"{', '.join(bodies) or 'none'})",
             )
             continue
-        inputs = _inputs(c, spec.get("inputs") or {}, (*key, "inputs"), params)
-        aliases = {i.alias for i in inputs}
         foreach = None
         if "foreach" in spec:
             f = c.mapping(spec["foreach"], (*key, "foreach"), ("param", "as"), ("param", "as"))
@@ -610,12 +608,15 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
                 alias = c.identifier(f["as"], (*key, "foreach", "as"), "foreach variable")
                 if param is not None and alias:
                     foreach = Foreach(param.name, alias)
-                if any(i.read.incremental for i in inputs):
-                    c.problem(
-                        (*key, "foreach"),
-                        "a foreach step cannot read changes (its iterations would "
-                        "share one checkpoint); read the tables with read: table",
-                    )
+        extra = {foreach.alias} if foreach else set()
+        inputs = _inputs(c, spec.get("inputs") or {}, (*key, "inputs"), params, extra)
+        aliases = {i.alias for i in inputs}
+        if foreach is not None and any(i.read.incremental for i in inputs):
+            c.problem(
+                (*key, "foreach"),
+                "a foreach step cannot read changes (its iterations would share one checkpoint); "
+                "read the tables with read: table",
+            )
         names = _injected_names(params, inputs, foreach)
         output = None
         if "output" in spec:
@@ -701,7 +702,7 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
 
 
 def _inputs(
-    c: _Checker, raw: Any, key: tuple[Hashable, ...], params: list[ParamSpec]
+    c: _Checker, raw: Any, key: tuple[Hashable, ...], params: list[ParamSpec], extra: set[str]
 ) -> tuple[InputSpec, ...]:
     if not isinstance(raw, dict):
         c.problem(
@@ -711,7 +712,7 @@ def _inputs(
     reads = [k.value for k in ReadKind]
     specs = []
     aliases = {str(a) for a in raw}
-    names = {p.name for p in params} | set(RUN_PARAMS)
+    names = {p.name for p in params} | set(RUN_PARAMS) | extra
     for alias, value in raw.items():
         ikey = (*key, alias)
         if c.identifier(alias, ikey, "input name") is None:

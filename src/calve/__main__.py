@@ -1,0 +1,5 @@
+"""`python -m calve ...` is the `calve` command."""
+
+from calve.cli.main import main
+
+main()

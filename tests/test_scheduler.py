@@ -1,0 +1,172 @@
+"""Triggers and the scheduler on a fake clock: each slot fires once, restarts neither skip nor double,
+incremental triggers fire only on changes, and interrupted runs are finished by the next tick."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from calve.project import Project, init_project
+from calve.state import RunStatus
+from calve.workflows.runner import Runner
+from calve.workflows.scheduler import Scheduler
+from calve.workflows.triggers import CronExpression
+from tests.shop import Shop, create_shop
+
+UTC = dt.UTC
+START = dt.datetime(2026, 3, 2, 9, 0, 5, tzinfo=UTC)
+
+MICRO_BATCH = """
+    id: micro
+    triggers:
+      - interval: 15m
+    steps:
+      - id: count
+        inputs:
+          events: {table: shop.events, read: icdc}
+        sql: SELECT day, count(*) AS n FROM events GROUP BY day
+        output: {table: shop.batch_counts, mode: append}
+"""
+ON_CHANGE = """
+    id: on_change
+    triggers:
+      - incremental: {sources: [shop.events], min_interval: 5m}
+    steps:
+      - id: count
+        inputs:
+          events: {table: shop.events, read: icdc}
+        sql: SELECT day, count(*) AS n FROM events GROUP BY day
+        output: {table: shop.change_counts, mode: append}
+"""
+
+
+class Clock:
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += dt.timedelta(**delta)
+
+
+def setup(tmp_path: Path, text: str) -> tuple[Project, Clock]:
+    root = tmp_path / "project"
+    init_project(root, example=False)
+    (root / "workflows" / "w.yaml").write_text(textwrap.dedent(text))
+    return Project(root), Clock(START)
+
+
+def scheduler(project: Project, clock: Clock) -> Scheduler:
+    """A fresh scheduler, as after a restart: all it knows is in the state store."""
+    return Scheduler(project, Runner(project.catalog, project.state, project.engine()), clock=clock)
+
+
+def test_interval_fires_once_per_slot_and_survives_restart(tmp_path: Path) -> None:
+    project, clock = setup(tmp_path, MICRO_BATCH)
+    events, _ = create_shop(project.catalog)
+    shop = Shop()
+    events.append(shop.round()[0])
+
+    (first,) = scheduler(project, clock).tick()
+    assert first.slot == "2026-03-02T09:00:00Z" and first.result is not None
+    assert first.result.status is RunStatus.SUCCEEDED
+    assert first.result.run.logical_date == "2026-03-02"
+    clock.advance(minutes=5)
+    assert scheduler(project, clock).tick() == []  # same slot, restarted scheduler: not again
+
+    clock.advance(minutes=11)  # the 09:15 slot, nothing new: recorded as skipped
+    (idle,) = scheduler(project, clock).tick()
+    assert idle.slot == "2026-03-02T09:15:00Z" and idle.result is not None
+    assert idle.result.status is RunStatus.SKIPPED
+
+    events.append(shop.round()[0])
+    clock.advance(minutes=45)  # down for two slots: one run catches up, and says so
+    (caught_up,) = scheduler(project, clock).tick()
+    assert caught_up.slot == "2026-03-02T10:00:00Z" and "caught up 2 missed slot(s)" in caught_up.note
+    assert caught_up.result is not None and caught_up.result.status is RunStatus.SUCCEEDED
+    counts = project.catalog.load_table("shop.batch_counts").scan().to_arrow()
+    assert sum(counts.column("n").to_pylist()) == events.scan().to_arrow().num_rows  # each event once
+    slots = [r.trigger_slot for r in project.state.runs("micro")]
+    assert sorted(slots) == ["2026-03-02T09:00:00Z", "2026-03-02T09:15:00Z", "2026-03-02T10:00:00Z"]
+
+
+def test_incremental_trigger_fires_on_changes_only_and_batches_bursts(tmp_path: Path) -> None:
+    project, clock = setup(tmp_path, ON_CHANGE)
+    events, _ = create_shop(project.catalog)
+    shop = Shop()
+    assert scheduler(project, clock).tick() == []  # empty source: nothing to do
+    events.append(shop.round()[0])
+    (fired,) = scheduler(project, clock).tick()
+    assert fired.result is not None and fired.result.status is RunStatus.SUCCEEDED
+    assert scheduler(project, clock).tick() == []  # nothing new
+    events.append(shop.round()[0])
+    clock.advance(minutes=1)
+    assert scheduler(project, clock).tick() == []  # new data, but within min_interval of the last run
+    events.append(shop.round()[0])
+    clock.advance(minutes=5)
+    (burst,) = scheduler(project, clock).tick()  # both appends in one run
+    assert burst.result is not None
+    assert burst.result.steps[0].metrics["inputs"]["events"]["snapshots"] == 2
+
+
+def test_a_run_left_unfinished_by_a_killed_scheduler_is_finished_by_the_next_tick(tmp_path: Path) -> None:
+    project, clock = setup(tmp_path, MICRO_BATCH)
+    events, _ = create_shop(project.catalog)
+    events.append(Shop().round()[0])
+    runner = Runner(project.catalog, project.state, project.engine())
+    # what a scheduler killed mid-run leaves: the slot's run, running, its lock held by a dead process
+    from calve.state import RunRecord
+
+    project.state.create_run(
+        RunRecord(
+            run_id="dead-run",
+            workflow="micro",
+            workflow_version="x",
+            trigger="interval:900s",
+            logical_date="2026-03-02",
+            params={},
+            status=RunStatus.RUNNING,
+            created_at=START.timestamp(),
+            trigger_slot="2026-03-02T09:00:00Z",
+            pins=runner._pin_sources(project.workflow("micro")),
+        )
+    )
+    firings = scheduler(project, clock).tick()
+    assert [f.note for f in firings] == ["recovered"]  # the slot's run is finished, no new slot run
+    assert project.state.run("dead-run").status is RunStatus.FAILED  # type: ignore[union-attr]
+    (recovery,) = [r for r in project.state.runs("micro") if r.restart_of == "dead-run"]
+    assert recovery.status is RunStatus.SUCCEEDED
+    counts = project.catalog.load_table("shop.batch_counts").scan().to_arrow()
+    assert sum(counts.column("n").to_pylist()) == events.scan().to_arrow().num_rows
+
+
+@pytest.mark.parametrize(
+    ("expression", "moment", "matches"),
+    [
+        ("*/15 * * * *", "2026-03-02T09:45", True),
+        ("*/15 * * * *", "2026-03-02T09:46", False),
+        ("0 3 * * *", "2026-03-02T03:00", True),
+        ("0 3 * * mon-fri", "2026-03-07T03:00", False),  # a Saturday
+        ("0 3 * * 7", "2026-03-08T03:00", True),  # 7 is Sunday too
+        ("0 0 1,15 * *", "2026-03-15T00:00", True),
+        ("@daily", "2026-03-15T00:00", True),
+    ],
+)
+def test_cron_expressions(expression: str, moment: str, matches: bool) -> None:
+    at = dt.datetime.fromisoformat(moment).replace(tzinfo=UTC)
+    assert CronExpression.parse(expression).matches(at) is matches
+
+
+def test_cron_latest_slot_and_errors() -> None:
+    cron = CronExpression.parse("30 2 * * *")
+    latest = cron.latest_at_or_before(dt.datetime(2026, 3, 2, 1, 0, tzinfo=UTC))
+    assert latest == dt.datetime(2026, 3, 1, 2, 30, tzinfo=UTC)
+    with pytest.raises(ValueError, match="needs 5 fields"):
+        CronExpression.parse("* * *")
+    with pytest.raises(ValueError, match="out of range"):
+        CronExpression.parse("0 25 * * *")
