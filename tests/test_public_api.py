@@ -12,6 +12,9 @@ def test_public_names_are_pinned() -> None:
             "SnapshotNotFoundError", "StateStore", "TableNotFoundError", "__version__", "capture_changes",
             "change_ranges", "cleanup_icdc_tables", "compute_changelog", "create_icdc_table",
             "drop_icdc_table", "embedded_catalog", "load_table", "open_catalog",
+            # workflows
+            "Project", "RunResult", "RunStatus", "Runner", "StepContext", "Workflow", "WorkflowError",
+            "init_project", "load_workflow", "open_project",
         ]
     )  # fmt: skip
     for name in calve.__all__:

@@ -1,7 +1,8 @@
 """calve: incremental processing for Apache Iceberg tables.
 
 Change capture from snapshot metadata (change sets, change ranges, changelog rows), zero-copy ICDC
-tables, and consumers that commit their output together with their checkpoint (exactly once).
+tables, consumers that commit their output together with their checkpoint (exactly once), and
+workflows (projects of YAML + SQL files) with triggers, recorded runs and a scheduler.
 """
 
 from calve.catalog import embedded_catalog, load_table, open_catalog
@@ -20,8 +21,11 @@ from calve.errors import (
     TableNotFoundError,
 )
 from calve.icdc import IcdcTable, cleanup_icdc_tables, create_icdc_table, drop_icdc_table
+from calve.project import Project, init_project, open_project
 from calve.ranges import ColumnRange, change_ranges
-from calve.state import StateStore
+from calve.state import RunStatus, StateStore
+from calve.workflows.runner import Runner, RunResult, StepContext
+from calve.workflows.spec import Workflow, WorkflowError, load_workflow
 
 __version__ = "0.1.0"
 
@@ -40,12 +44,19 @@ __all__ = [
     "NotAnIcdcTableError",
     "NotAncestorError",
     "Operation",
+    "Project",
     "RowLevelChangesError",
+    "RunResult",
+    "RunStatus",
+    "Runner",
     "SnapshotChange",
     "SnapshotError",
     "SnapshotNotFoundError",
     "StateStore",
+    "StepContext",
     "TableNotFoundError",
+    "Workflow",
+    "WorkflowError",
     "__version__",
     "capture_changes",
     "change_ranges",
@@ -54,6 +65,9 @@ __all__ = [
     "create_icdc_table",
     "drop_icdc_table",
     "embedded_catalog",
+    "init_project",
     "load_table",
+    "load_workflow",
     "open_catalog",
+    "open_project",
 ]

@@ -47,23 +47,31 @@ lock_stale_after: 10m
 """
 
 EXAMPLE_WORKFLOW = """\
-# An example workflow: replace it with yours. The format is in docs/workflows.md.
+# An example workflow (pattern 3 of docs/workflows.md): replace it with yours.
+# It reads calve_demo.events, which `calve demo` creates in this project's catalog.
 id: hello
-description: Counts the new rows of a table, per day, and merges the counts into a daily table.
+description: Views per day, recomputed only for the days that the new events touch.
 params:
-  min_rows: {type: int, default: 0, description: days with fewer new rows are left out}
+  min_seconds: {type: int, default: 0, description: views shorter than this are not counted}
 triggers:
-  - incremental: {sources: [demo.events], min_interval: 1m}
+  - incremental: {sources: [calve_demo.events], min_interval: 1m}
 steps:
-  - id: daily_counts
+  - id: daily_views
     inputs:
-      events: {table: demo.events, read: icdc, ranges: [day]}
+      changed: {table: calve_demo.events, read: ranges, ranges: [event_day]}
+      events:
+        table: calve_demo.events
+        filter: {event_day: {between: [$range_event_day_min, $range_event_day_max]}}
     sql: |
-      SELECT day, count(*) AS new_rows
+      SELECT event_day, count(*) AS views, sum(view_seconds) AS view_seconds
       FROM events
-      GROUP BY day
-      HAVING count(*) >= $min_rows
-    output: {table: demo.daily_counts, mode: append, partition_by: [day]}
+      WHERE view_seconds >= $min_seconds
+      GROUP BY event_day
+    output:
+      table: hello.daily_views
+      mode: overwrite
+      filter: {event_day: {between: [$range_event_day_min, $range_event_day_max]}}
+      partition_by: [event_day]
 """
 
 

@@ -323,6 +323,7 @@ class _Checker:
         self.doc = doc
         self.root = root
         self.problems: list[str] = []
+        self._lines: list[int] = []
 
     def problem(self, key: tuple[Hashable, ...], message: str) -> None:
         line = self.doc.line(key)
@@ -331,7 +332,13 @@ class _Checker:
         except ValueError:
             shown = self.doc.path
         where = f"{shown}:{line}" if line else str(shown)
+        self._lines.append(line or 0)
         self.problems.append(f"{where}: {_key_path(key)}: {message}")
+
+    def sorted_problems(self) -> list[str]:
+        """Problems in file order (they are found in check order)."""
+        order = sorted(range(len(self.problems)), key=lambda i: self._lines[i])
+        return [self.problems[i] for i in order]
 
     def mapping(
         self,
@@ -397,7 +404,7 @@ def load_workflow(path: Path, root: Path | None = None) -> Workflow:
     checker = _Checker(doc, root)
     workflow = _build(checker, path)
     if checker.problems or workflow is None:
-        raise WorkflowError(checker.problems or [f"{path}: the file is empty"])
+        raise WorkflowError(checker.sorted_problems() or [f"{path}: the file is empty"])
     return workflow
 
 
@@ -828,7 +835,7 @@ def _check_sql(c: _Checker, key: tuple[Hashable, ...], sql: str, names: set[str]
     try:
         used = sql_parameters(sql)
     except ValueError as exc:
-        c.problem(key, f"SQL does not parse: {exc}")
+        c.problem(key, f"SQL does not parse: {str(exc).splitlines()[0]}")
         return
     for name in sorted(used - names):
         c.problem(
