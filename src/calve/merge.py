@@ -99,22 +99,25 @@ def plan_merge(
     kept_parts: list[pa.Table] = []
     scan = table.scan(row_filter=key_filter(distinct_keys))
     tasks = list(scan.plan_files())
+    key_reader = ArrowScan(table.metadata, table.io, table.schema().select(*keys), AlwaysTrue())
     reader = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     for task in tasks:
-        rows = reader.to_table([task])
+        # first the key columns only: most candidate files hold none of the keys
+        key_columns = key_reader.to_table([task])
         plan.files_read += 1
-        plan.bytes_read += task.file.file_size_in_bytes
-        plan.rows_read += rows.num_rows
-        # join the keys and a row number only, so that any column type can ride along
-        numbered = rows.select(keys).append_column("__calve_row", pa.array(range(rows.num_rows), pa.int64()))
+        plan.rows_read += key_columns.num_rows
+        numbered = key_columns.append_column("__calve_row", pa.array(range(key_columns.num_rows), pa.int64()))
         survivors = numbered.join(distinct_keys, keys=keys, join_type="left anti", use_threads=True)
+        if survivors.num_rows == key_columns.num_rows:
+            continue
+        rows = reader.to_table([task])  # a key matched: the file is rewritten without those rows
+        plan.bytes_read += task.file.file_size_in_bytes
         row_ids = survivors.column("__calve_row")
         kept = rows.take(pc.take(row_ids, pc.sort_indices(row_ids)))
-        if kept.num_rows < rows.num_rows:
-            plan.deleted_files.append(task.file)
-            plan.rows_matched += rows.num_rows - kept.num_rows
-            if kept.num_rows:
-                kept_parts.append(kept.select(rows.column_names))
+        plan.deleted_files.append(task.file)
+        plan.rows_matched += rows.num_rows - kept.num_rows
+        if kept.num_rows:
+            kept_parts.append(kept.select(rows.column_names))
     target_schema = upserts.schema
     parts = [p.cast(target_schema) for p in kept_parts] + [upserts]
     plan.rows = pa.concat_tables(parts) if len(parts) > 1 else upserts

@@ -52,6 +52,7 @@ from pyiceberg.expressions import (
     LessThanOrEqual,
     NotEqualTo,
     NotNull,
+    Or,
 )
 from pyiceberg.table import Table
 
@@ -188,8 +189,8 @@ class Runner:
         if previous is not None:
             params = {**previous.params, **(params or {})}
             logical_date = logical_date or dt.date.fromisoformat(previous.logical_date)
-        values = workflow.resolve_params(params or {})
         logical_date = logical_date or dt.datetime.now(dt.UTC).date()
+        values = workflow.resolve_params(params or {}, logical_date)
         now = time.time()
         record = RunRecord(
             run_id=new_run_id(now),
@@ -504,7 +505,7 @@ class Runner:
             step.inputs,
             key=lambda i: (
                 i.read.incremental is False,
-                any(isinstance(_ref(p), InputColumnRef) for p in i.filter),
+                i.match is not None or any(isinstance(_ref(p), InputColumnRef) for p in i.filter),
             ),
         )
         for spec in ordered:
@@ -518,13 +519,22 @@ class Runner:
             prepared.params[f"{spec.alias}_snapshot_id"] = until
             if not spec.read.incremental:
                 expression = self._expression(spec.filter, prepared)
+                keys = None
+                if spec.match is not None:
+                    keys = prepared.tables[spec.match]
+                    expression = And(expression, key_tuples_filter(keys))
+                fields = spec.columns or ("*",)
                 if until is None:
                     table = source.schema().as_arrow().empty_table()
                     files = []
                 else:
-                    scan = source.scan(row_filter=expression, snapshot_id=until)
+                    scan = source.scan(row_filter=expression, snapshot_id=until, selected_fields=fields)
                     files = list(scan.plan_files())
                     table = scan.to_arrow()
+                if keys is not None and keys.num_rows:  # the file pruning is coarse: keep exact tuples
+                    table = _semi_join(table, keys)
+                elif keys is not None:
+                    table = table.slice(0, 0)
                 prepared.tables[spec.alias] = table
                 rows_read += table.num_rows
                 files_read += len(files)
@@ -730,6 +740,49 @@ class Runner:
             term = _term(predicate, lambda ref: _resolve(ref, prepared))
             expression = term if isinstance(expression, AlwaysTrue) else And(expression, term)
         return expression
+
+
+def key_tuples_filter(keys: pa.Table) -> BooleanExpression:
+    """A pruning filter for rows whose key tuple is in `keys`: OR over the first column's values of
+    (first = v AND second IN values-with-v). Exact matching is done after the read."""
+    if keys.num_rows == 0:
+        return AlwaysFalse()
+    names = keys.column_names
+    first = names[0]
+    if len(names) == 1:
+        return In(first, pc.unique(keys.column(first)).drop_null().to_pylist())  # type: ignore[call-arg,arg-type]
+    grouped = keys.group_by(first).aggregate([(names[1], "distinct")])
+    terms: list[BooleanExpression] = []
+    for value, seconds in zip(
+        grouped.column(first).to_pylist(), grouped.column(f"{names[1]}_distinct").to_pylist(), strict=True
+    ):
+        if value is None:
+            continue
+        second = In(names[1], [v for v in seconds if v is not None])  # type: ignore[call-arg,arg-type]
+        terms.append(And(_compare(EqualTo, first, value), second))
+    return _balanced_or(terms)
+
+
+def _balanced_or(terms: list[BooleanExpression]) -> BooleanExpression:
+    """OR of many terms as a balanced tree (a deep left-leaning chain overflows the stack)."""
+    if not terms:
+        return AlwaysFalse()
+    while len(terms) > 1:
+        terms = [
+            Or(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)
+        ]
+    return terms[0]
+
+
+def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
+    names = keys.column_names
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise CalveError(f"match: the input has no column {missing[0]!r} (select it in `columns`)")
+    numbered = table.select(names).append_column("__calve_row", pa.array(range(table.num_rows), pa.int64()))
+    kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
+    row_ids = kept.column("__calve_row")
+    return table.take(pc.take(row_ids, pc.sort_indices(row_ids)))
 
 
 def _ref(predicate: Predicate) -> Any:

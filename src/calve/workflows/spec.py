@@ -121,6 +121,9 @@ PARAM_TYPES.update(
 PARAM_TYPE_NAMES = [*PARAM_TYPES, *(f"list[{t}]" for t in PARAM_TYPES)]
 
 
+RELATIVE_DATE = re.compile(r"^\s*logical_date\s*(?:([+-])\s*(\w+)\s*(?:days?)?)?\s*$")
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
@@ -128,6 +131,17 @@ class ParamSpec:
     default: Any = None
     required: bool = False
     description: str = ""
+
+    @property
+    def relative_default(self) -> tuple[int, str] | None:
+        """A date default written `logical_date - N days` (N a number or an int param): (sign, N)."""
+        if self.type != "date" or not isinstance(self.default, str):
+            return None
+        match = RELATIVE_DATE.match(self.default)
+        if not match:
+            return None
+        sign, amount = match.groups()
+        return (-1 if sign == "-" else 1, amount or "0")
 
     def parse(self, value: Any) -> Any:
         """Convert a value from YAML or from `--param k=v` to this param's type."""
@@ -174,6 +188,8 @@ class InputSpec:
     keys: tuple[str, ...] = ()
     ranges: tuple[str, ...] = ()
     filter: tuple[Predicate, ...] = ()
+    columns: tuple[str, ...] = ()  # projection (all columns when empty)
+    match: str | None = None  # another input whose key tuples this one's rows must have
 
 
 @dataclass(frozen=True)
@@ -256,8 +272,11 @@ class Workflow:
         """The consumer whose checkpoints a step commits into its output table."""
         return f"{self.id}-{step.id}"
 
-    def resolve_params(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Typed values of every param: the given ones (strings from the CLI are parsed) or defaults."""
+    def resolve_params(self, given: dict[str, Any], logical_date: dt.date | None = None) -> dict[str, Any]:
+        """Typed values of every param: the given ones (strings from the CLI are parsed) or defaults.
+
+        A date default written `logical_date - N days` is computed from the run's logical date.
+        """
         unknown = [k for k in given if self.param(k) is None]
         if unknown:
             names = [p.name for p in self.params]
@@ -281,6 +300,13 @@ class Workflow:
                 )
             else:
                 values[param.name] = param.default
+        for param in self.params:
+            relative = param.relative_default
+            if relative is not None and param.name not in given:
+                sign, amount = relative
+                days = int(amount) if amount.isdigit() else int(values.get(amount) or 0)
+                base = logical_date or dt.datetime.now(dt.UTC).date()
+                values[param.name] = base + dt.timedelta(days=sign * days)
         return values
 
     @property
@@ -460,7 +486,12 @@ def _params(c: _Checker, raw: Any) -> list[ParamSpec]:
             str(name), type_name, None, bool(spec.get("required", False)), str(spec.get("description") or "")
         )
         default = spec.get("default")
-        if default is not None:
+        relative = isinstance(default, str) and type_name == "date" and RELATIVE_DATE.match(default)
+        if relative:
+            amount = relative.group(2)
+            if amount and not amount.isdigit() and amount not in raw:
+                c.problem((*key, "default"), f"{amount!r} in {default!r} is neither a number nor a param")
+        elif default is not None:
             try:
                 default = param.parse(default)
             except (TypeError, ValueError) as exc:
@@ -726,7 +757,9 @@ def _inputs(
             continue
         if isinstance(value, str):
             value = {"table": value}
-        spec = c.mapping(value, ikey, ("table", "read", "keys", "ranges", "filter"), ("table",))
+        spec = c.mapping(
+            value, ikey, ("table", "read", "keys", "ranges", "filter", "columns", "match"), ("table",)
+        )
         table = c.table(spec.get("table"), (*ikey, "table")) if spec else None
         read = c.choice(spec.get("read", "table"), (*ikey, "read"), reads) if spec else None
         if table is None or read is None:
@@ -748,7 +781,25 @@ def _inputs(
             predicates = _predicates(
                 c, spec["filter"], (*ikey, "filter"), names | _range_names(raw), aliases - {str(alias)}
             )
-        specs.append(InputSpec(str(alias), table, kind, tuple(keys), tuple(ranges), predicates))
+        columns = c.names(spec["columns"], (*ikey, "columns"), "columns") if "columns" in spec else ()
+        match = None
+        if "match" in spec:
+            match = str(spec["match"])
+            other = raw.get(match) if isinstance(raw, dict) else None
+            if match == alias or not isinstance(other, dict) or other.get("read") != "keys":
+                c.problem(
+                    (*ikey, "match"),
+                    f"match: {match!r} must name another input of this step with read: keys"
+                    f"{_suggest(match, sorted(aliases - {str(alias)}))}",
+                )
+                match = None
+            elif kind.incremental:
+                c.problem((*ikey, "match"), "match applies to read: table inputs")
+                match = None
+        specs.append(
+            InputSpec(str(alias), table, kind, tuple(keys), tuple(ranges), predicates, tuple(columns), match)
+        )
+    # the keys an input matches on are the `keys` of the input it names
     return tuple(specs)
 
 
