@@ -12,25 +12,33 @@ remaining rows. The new rows go in the same overwrite snapshot.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import (
+    AlwaysFalse,
     AlwaysTrue,
     And,
     BooleanExpression,
+    EqualTo,
     GreaterThanOrEqual,
     In,
     LessThanOrEqual,
+    Or,
 )
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
+from pyiceberg.types import NestedField
 
 from calve.errors import CalveError
+from calve.ranges import file_bounds
 
+ALWAYS_TRUE = AlwaysTrue()
 IN_LIST_LIMIT = 1000  # distinct values per key column above which planning uses a min..max range
 
 
@@ -46,21 +54,110 @@ class MergePlan:
 
 
 def key_filter(keys: pa.Table) -> BooleanExpression:
-    """A filter that every target row with one of these keys satisfies (for file pruning)."""
-    expression: BooleanExpression = AlwaysTrue()
-    for name in keys.column_names:
-        column = keys.column(name)
-        values = pc.unique(column).to_pylist()
-        if len(values) <= IN_LIST_LIMIT:
-            term: BooleanExpression = In(name, values)  # type: ignore[call-arg,arg-type]
-        else:
-            bounds = pc.min_max(column).as_py()
-            term = And(
-                GreaterThanOrEqual(name, bounds["min"]),  # type: ignore[call-arg]
-                LessThanOrEqual(name, bounds["max"]),  # type: ignore[call-arg]
-            )
-        expression = term if isinstance(expression, AlwaysTrue) else And(expression, term)
-    return expression
+    """A filter that every row whose key tuple is in `keys` satisfies, for file pruning.
+
+    One column: IN its values (or min..max when there are many). Several: an OR over the first
+    column's values of (first = v AND second IN the values seen with v), so that a late key on one
+    day does not select the files of every other changed day; the rest of the tuple is matched
+    exactly after the read. Many first values fall back to one term per column.
+    """
+    names = keys.column_names
+    if keys.num_rows == 0:
+        return AlwaysFalse()
+    if len(names) == 1:
+        return _in_or_range(names[0], keys.column(0))
+    first, second = names[0], names[1]
+    grouped = keys.group_by(first).aggregate([(second, "distinct")])
+    if grouped.num_rows > IN_LIST_LIMIT:
+        return And(_in_or_range(first, keys.column(first)), _in_or_range(second, keys.column(second)))
+    terms: list[BooleanExpression] = []
+    for value, seconds in zip(
+        grouped.column(first).to_pylist(), grouped.column(f"{second}_distinct").to_pylist(), strict=True
+    ):
+        if value is not None:
+            terms.append(And(EqualTo(first, value), _in_or_range(second, pa.array(seconds))))  # type: ignore[call-arg]
+    return balanced_or(terms)
+
+
+def _in_or_range(name: str, column: pa.Array | pa.ChunkedArray) -> BooleanExpression:
+    values = pc.unique(column).drop_null().to_pylist()
+    if not values:
+        return AlwaysFalse()
+    if len(values) <= IN_LIST_LIMIT:
+        return In(name, values)  # type: ignore[call-arg,arg-type]
+    bounds = pc.min_max(column).as_py()
+    return And(
+        GreaterThanOrEqual(name, bounds["min"]),  # type: ignore[call-arg,arg-type]
+        LessThanOrEqual(name, bounds["max"]),  # type: ignore[call-arg,arg-type]
+    )
+
+
+def balanced_or(terms: list[BooleanExpression]) -> BooleanExpression:
+    """OR of many terms as a balanced tree (a long left-leaning chain overflows the stack)."""
+    if not terms:
+        return AlwaysFalse()
+    while len(terms) > 1:
+        terms = [
+            Or(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)
+        ]
+    return terms[0]
+
+
+def plan_key_files(
+    table: Table,
+    keys: pa.Table,
+    snapshot_id: int | None = None,
+    row_filter: BooleanExpression = ALWAYS_TRUE,
+) -> list[FileScanTask]:
+    """The files (at `snapshot_id`) that may hold one of the key tuples of `keys`.
+
+    pyiceberg evaluates a scan filter once per file, so an OR over thousands of key tuples makes
+    planning cost files x keys in Python. Here the scan gets a small filter (the first key column's
+    values), and each planned file is then kept only if, for one of the first-column values it may
+    hold, every other key column has a value within the file's bounds (binary search in sorted
+    values). Files without bounds are kept.
+    """
+    if keys.num_rows == 0:
+        return []
+    names = keys.column_names
+    schema = table.schema()
+    fields = [schema.find_field(n) for n in names]
+    coarse = _in_or_range(names[0], keys.column(0))
+    if not isinstance(row_filter, AlwaysTrue):
+        coarse = And(row_filter, coarse)
+    tasks = list(table.scan(row_filter=coarse, snapshot_id=snapshot_id).plan_files())
+    if len(names) == 1:
+        return tasks
+    by_first: dict[Any, list[list[Any]]] = {}
+    for row in zip(*(keys.column(n).to_pylist() for n in names), strict=True):
+        if row[0] is None:
+            continue
+        columns = by_first.setdefault(row[0], [[] for _ in names[1:]])
+        for index, value in enumerate(row[1:]):
+            if value is not None:
+                columns[index].append(value)
+    for columns in by_first.values():
+        for values in columns:
+            values.sort()
+    firsts = sorted(by_first)
+    kept = []
+    for task in tasks:
+        low, high = file_bounds(task.file, fields[0].field_id, fields[0].field_type)
+        start = 0 if low is None else bisect.bisect_left(firsts, low)
+        stop = len(firsts) if high is None else bisect.bisect_right(firsts, high)
+        if any(_may_hold(task, fields[1:], by_first[first]) for first in firsts[start:stop]):
+            kept.append(task)
+    return kept
+
+
+def _may_hold(task: FileScanTask, fields: list[NestedField], columns: list[list[Any]]) -> bool:
+    for key_field, values in zip(fields, columns, strict=True):
+        low, high = file_bounds(task.file, key_field.field_id, key_field.field_type)
+        start = 0 if low is None else bisect.bisect_left(values, low)
+        stop = len(values) if high is None else bisect.bisect_right(values, high)
+        if start >= stop:
+            return False
+    return True
 
 
 def plan_merge(
@@ -97,8 +194,7 @@ def plan_merge(
         return plan
     distinct_keys = key_rows  # unique, checked above
     kept_parts: list[pa.Table] = []
-    scan = table.scan(row_filter=key_filter(distinct_keys))
-    tasks = list(scan.plan_files())
+    tasks = plan_key_files(table, distinct_keys)
     key_reader = ArrowScan(table.metadata, table.io, table.schema().select(*keys), AlwaysTrue())
     reader = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     for task in tasks:

@@ -151,3 +151,18 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+def file_bounds(data_file: Any, field_id: int, field_type: IcebergType) -> tuple[Any, Any]:
+    """A data file's (lower, upper) bound of a column as Python values; None where unknown.
+
+    A string or binary upper bound that may be a truncated prefix is reported as unknown (None),
+    so that it can never exclude a file that holds a larger value.
+    """
+    lower = (data_file.lower_bounds or {}).get(field_id)
+    upper = (data_file.upper_bounds or {}).get(field_id)
+    low = _typed(field_type, _decode(field_type, lower)) if lower is not None else None
+    high = _typed(field_type, _decode(field_type, upper)) if upper is not None else None
+    if high is not None and isinstance(field_type, StringType | BinaryType) and _maybe_truncated(high):
+        high = None
+    return low, high

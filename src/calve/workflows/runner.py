@@ -52,8 +52,8 @@ from pyiceberg.expressions import (
     LessThanOrEqual,
     NotEqualTo,
     NotNull,
-    Or,
 )
+from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
 from calve import _faults
@@ -64,6 +64,7 @@ from calve.consumer import Consumer
 from calve.engines import Engine, SqlError
 from calve.errors import CalveError, RowLevelChangesError
 from calve.icdc import IcdcTable
+from calve.merge import plan_key_files
 from calve.ranges import ColumnRange, change_ranges
 from calve.state import RunRecord, RunStatus, StateStore, StepRunRecord
 from calve.workflows.spec import (
@@ -418,9 +419,11 @@ class Runner:
 
         if step.id in published:  # an icdc step prepared (and published) this step's inputs: read them
             prepared = published.pop(step.id)
+            columns = {i.alias: i.columns or ("*",) for i in step.inputs}
             for alias, icdc in prepared.icdc.items():
                 if icdc.files:
-                    rows = self.catalog.load_table(icdc.identifier).scan().to_arrow()
+                    scan = self.catalog.load_table(icdc.identifier).scan(selected_fields=columns[alias])
+                    rows = scan.to_arrow()
                     prepared.tables[alias] = rows
                     prepared.metrics["rows_read"] += rows.num_rows
                     prepared.metrics["files_read"] += icdc.files
@@ -519,24 +522,28 @@ class Runner:
             prepared.params[f"{spec.alias}_snapshot_id"] = until
             if not spec.read.incremental:
                 expression = self._expression(spec.filter, prepared)
-                keys = None
-                if spec.match is not None:
-                    keys = prepared.tables[spec.match]
-                    expression = And(expression, key_tuples_filter(keys))
+                keys = prepared.tables[spec.match] if spec.match is not None else None
                 fields = spec.columns or ("*",)
                 if until is None:
                     table = source.schema().as_arrow().empty_table()
                     files = []
                 else:
                     scan = source.scan(row_filter=expression, snapshot_id=until, selected_fields=fields)
-                    files = list(scan.plan_files())
-                    table = scan.to_arrow()
+                    if keys is None:
+                        files = list(scan.plan_files())
+                        table = scan.to_arrow()
+                    else:  # the files that may hold one of the keys, pruned by their bounds
+                        files = plan_key_files(source, keys, until, expression)
+                        reader = ArrowScan(source.metadata, source.io, scan.projection(), expression)
+                        table = (
+                            reader.to_table(files) if files else scan.projection().as_arrow().empty_table()
+                        )
+                rows_read += table.num_rows  # rows decoded from the files, before exact key matching
                 if keys is not None and keys.num_rows:  # the file pruning is coarse: keep exact tuples
                     table = _semi_join(table, keys)
                 elif keys is not None:
                     table = table.slice(0, 0)
                 prepared.tables[spec.alias] = table
-                rows_read += table.num_rows
                 files_read += len(files)
                 bytes_read += sum(t.file.file_size_in_bytes for t in files)
                 snapshots[spec.alias] = {"table": spec.table, "snapshot_id": until}
@@ -614,7 +621,9 @@ class Runner:
             if publish_only:
                 return schema.as_arrow().empty_table(), (0, 0)
             icdc_table = self.catalog.load_table(icdc.identifier)
-            rows = icdc_table.scan().to_arrow() if icdc.files else schema.as_arrow().empty_table()
+            fields = spec.columns or ("*",)
+            empty = (schema.select(*spec.columns) if spec.columns else schema).as_arrow().empty_table()
+            rows = icdc_table.scan(selected_fields=fields).to_arrow() if icdc.files else empty
             return rows, (icdc.files, icdc.bytes)
         if spec.read is ReadKind.KEYS and change_set.is_append_only:
             # new keys are in the appended files: read just the key columns
@@ -727,6 +736,7 @@ class Runner:
         if result.merge is not None:
             metrics["merge"] = {
                 "files_read": result.merge.files_read,
+                "rows_read": result.merge.rows_read,
                 "bytes_read": result.merge.bytes_read,
                 "rows_matched": result.merge.rows_matched,
                 "files_rewritten": len(result.merge.deleted_files),
@@ -740,38 +750,6 @@ class Runner:
             term = _term(predicate, lambda ref: _resolve(ref, prepared))
             expression = term if isinstance(expression, AlwaysTrue) else And(expression, term)
         return expression
-
-
-def key_tuples_filter(keys: pa.Table) -> BooleanExpression:
-    """A pruning filter for rows whose key tuple is in `keys`: OR over the first column's values of
-    (first = v AND second IN values-with-v). Exact matching is done after the read."""
-    if keys.num_rows == 0:
-        return AlwaysFalse()
-    names = keys.column_names
-    first = names[0]
-    if len(names) == 1:
-        return In(first, pc.unique(keys.column(first)).drop_null().to_pylist())  # type: ignore[call-arg,arg-type]
-    grouped = keys.group_by(first).aggregate([(names[1], "distinct")])
-    terms: list[BooleanExpression] = []
-    for value, seconds in zip(
-        grouped.column(first).to_pylist(), grouped.column(f"{names[1]}_distinct").to_pylist(), strict=True
-    ):
-        if value is None:
-            continue
-        second = In(names[1], [v for v in seconds if v is not None])  # type: ignore[call-arg,arg-type]
-        terms.append(And(_compare(EqualTo, first, value), second))
-    return _balanced_or(terms)
-
-
-def _balanced_or(terms: list[BooleanExpression]) -> BooleanExpression:
-    """OR of many terms as a balanced tree (a deep left-leaning chain overflows the stack)."""
-    if not terms:
-        return AlwaysFalse()
-    while len(terms) > 1:
-        terms = [
-            Or(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)
-        ]
-    return terms[0]
 
 
 def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:

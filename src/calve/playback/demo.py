@@ -1,0 +1,250 @@
+"""`calve demo`: the playback pipeline of the article, lookback vs calve, side by side.
+
+Day after day, a batch of playback events lands in `playback.events` (a few percent of them late,
+some beyond the lookback window). Both workflows of the packaged project (`pipeline/`, also at
+`examples/playback/`) run on the same data, one after the other in alternating order: the lookback
+baseline recomputes the last X days of both stages; calve processes only what changed. Every
+step's CPU and wall time, rows and bytes read and rows written come from the recorded runs. At the
+end both pipelines' tables are compared with a from-scratch recomputation over all the events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceError, NoSuchTableError
+
+from calve.engines import DuckDBEngine
+from calve.errors import CalveError
+from calve.icdc import ICDC_NAMESPACE, drop_icdc_table
+from calve.playback.data import EVENTS_SCHEMA, EVENTS_SPEC, PlaybackConfig, PlaybackGenerator
+from calve.state import RunStatus, StateStore
+from calve.workflows.runner import Runner
+from calve.workflows.spec import Workflow, load_workflow
+
+PIPELINE = Path(__file__).resolve().parent / "pipeline"
+NAMESPACE = "playback"
+SOURCE = f"{NAMESPACE}.events"
+STAGES = ("daily", "agg")
+TABLES = {
+    "lookback": {"daily": f"{NAMESPACE}.daily_lookback", "agg": f"{NAMESPACE}.agg_lookback"},
+    "calve": {"daily": f"{NAMESPACE}.daily_calve", "agg": f"{NAMESPACE}.agg_calve"},
+}
+KEYS = {"daily": ["event_day", "event_id"], "agg": ["event_day", "account_id"]}
+
+
+@dataclass
+class StageCost:
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    rows_read: int = 0
+    bytes_read: int = 0
+    rows_written: int = 0
+    files_written: int = 0
+
+    def add(self, metrics: dict[str, Any], cpu_s: float, wall_s: float) -> None:
+        self.cpu_s += cpu_s
+        self.wall_s += wall_s
+        self.rows_read += int(metrics.get("rows_read", 0)) + int(metrics.get("merge", {}).get("rows_read", 0))
+        self.bytes_read += int(metrics.get("bytes_read", 0)) + int(
+            metrics.get("merge", {}).get("bytes_read", 0)
+        )
+        self.rows_written += int(metrics.get("rows_written", 0))
+        self.files_written += int(metrics.get("files_written", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class PipelineCost:
+    stages: dict[str, StageCost] = field(default_factory=lambda: {s: StageCost() for s in STAGES})
+    run_cpu_s: float = 0.0  # whole runs, including pinning, locking and recording
+    run_wall_s: float = 0.0
+
+    @property
+    def total(self) -> StageCost:
+        total = StageCost()
+        for stage in self.stages.values():
+            for name in total.__dict__:
+                setattr(total, name, getattr(total, name) + getattr(stage, name))
+        return total
+
+
+def playback_workflows() -> dict[str, Workflow]:
+    folder = PIPELINE / "workflows"
+    return {
+        "lookback": load_workflow(folder / "lookback.yaml", PIPELINE),
+        "calve": load_workflow(folder / "incremental.yaml", PIPELINE),
+    }
+
+
+def reset_tables(catalog: Catalog) -> None:
+    """Drop the demo's tables (never purge: drop only) and create an empty source."""
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(NAMESPACE)
+    try:
+        existing = catalog.list_tables(NAMESPACE)
+    except NoSuchNamespaceError:
+        existing = []
+    for identifier in existing:
+        catalog.drop_table(identifier)
+    try:
+        for identifier in catalog.list_tables(ICDC_NAMESPACE):
+            if identifier[-1].startswith("playback_calve-"):
+                drop_icdc_table(catalog, ".".join(identifier))
+    except NoSuchNamespaceError:
+        pass
+    catalog.create_table(SOURCE, schema=EVENTS_SCHEMA, partition_spec=EVENTS_SPEC)
+
+
+def run_playback(
+    catalog: Catalog,
+    state: StateStore,
+    config: PlaybackConfig,
+    lookback_days: int = 14,
+    progress: Callable[[int, int, str], None] = lambda done, total, message: None,
+) -> dict[str, Any]:
+    """Simulate `config.days` days with both pipelines; returns the figures of `calve demo --json`."""
+    workflows = playback_workflows()
+    reset_tables(catalog)
+    runner = Runner(catalog, state, DuckDBEngine())
+    generator = PlaybackGenerator(config)
+    source = catalog.load_table(SOURCE)
+    costs = {name: PipelineCost() for name in workflows}
+    ingested = 0
+    params = {"lookback": {"lookback_days": str(lookback_days)}, "calve": {}}
+    for index in range(config.days):
+        day = generator.day(index)
+        batch = generator.ingest(index)
+        source.append(batch)
+        ingested += batch.num_rows
+        order = ["lookback", "calve"] if index % 2 == 0 else ["calve", "lookback"]
+        for name in order:
+            progress(index, config.days, f"day {day}: {name}")
+            cpu, wall = time.process_time(), time.perf_counter()
+            result = runner.run(workflows[name], params[name], logical_date=day, trigger="demo")
+            costs[name].run_cpu_s += time.process_time() - cpu
+            costs[name].run_wall_s += time.perf_counter() - wall
+            if result is None or result.status is RunStatus.FAILED:
+                raise CalveError(f"the {name} pipeline failed on {day}: {result.run.error if result else ''}")
+            for step in result.steps:
+                if step.step_id in STAGES:
+                    wall_s = (step.finished_at or 0) - (step.started_at or 0)
+                    costs[name].stages[step.step_id].add(step.metrics, step.cpu_s or 0.0, wall_s)
+    progress(config.days, config.days, "comparing with a from-scratch recomputation")
+    accuracy = compare_with_recomputation(catalog)
+    events = catalog.load_table(SOURCE).scan(selected_fields=("event_day", "ingest_day")).to_arrow()
+    con = duckdb.connect()
+    con.register("events", events)
+    (lags,) = con.sql(
+        "SELECT count(*) FILTER (WHERE ingest_day > event_day) AS late, "
+        "count(*) FILTER (WHERE ingest_day - event_day >= $x) AS beyond FROM events",
+        params={"x": lookback_days},
+    ).fetchall()
+    return report(config, lookback_days, ingested, int(lags[0]), int(lags[1]), costs, accuracy)
+
+
+def recompute(events: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Both stages from scratch, with the pipelines' own SQL, over every event."""
+    sql = {
+        stage: (PIPELINE / "workflows" / f"stage{n}.sql").read_text()
+        for n, stage in ((1, "daily"), (2, "agg"))
+    }
+    con = duckdb.connect()
+    con.register("events", events)
+    daily = con.sql(sql["daily"]).to_arrow_table()
+    con.register("daily", daily)
+    return daily, con.sql(sql["agg"]).to_arrow_table()
+
+
+def compare_with_recomputation(catalog: Catalog, events: pa.Table | None = None) -> dict[str, dict[str, int]]:
+    """Rows that differ from the recomputation, per pipeline and table (missing + extra + changed)."""
+    events = events if events is not None else catalog.load_table(SOURCE).scan().to_arrow()
+    truth = dict(zip(STAGES, recompute(events), strict=True))
+    result: dict[str, dict[str, int]] = {}
+    for pipeline, tables in TABLES.items():
+        result[pipeline] = {}
+        for stage, identifier in tables.items():
+            try:
+                actual = catalog.load_table(identifier).scan().to_arrow()
+            except NoSuchTableError:
+                actual = truth[stage].schema.empty_table()
+            result[pipeline][stage] = differing_rows(truth[stage], actual, KEYS[stage])
+    return result
+
+
+def differing_rows(expected: pa.Table, actual: pa.Table, keys: list[str]) -> int:
+    """Keys missing from `actual`, keys only in `actual`, and keys whose row differs."""
+    con = duckdb.connect()
+    con.register("expected", expected)
+    con.register("actual", actual.select(expected.column_names).cast(expected.schema))
+    on = " AND ".join(f'e."{k}" = a."{k}"' for k in keys)  # column names from the pipeline, not input
+    first = keys[0]
+    row = con.sql(
+        f"""SELECT count(*) FILTER (WHERE a."{first}" IS NULL)
+                 + count(*) FILTER (WHERE e."{first}" IS NULL)
+                 + count(*) FILTER (WHERE e."{first}" IS NOT NULL AND a."{first}" IS NOT NULL
+                                    AND e IS DISTINCT FROM a)
+            FROM expected AS e FULL OUTER JOIN actual AS a ON {on}"""
+    ).fetchall()[0]
+    return int(row[0])
+
+
+def report(
+    config: PlaybackConfig,
+    lookback_days: int,
+    ingested: int,
+    late: int,
+    beyond: int,
+    costs: dict[str, PipelineCost],
+    accuracy: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    calve, lookback = costs["calve"], costs["lookback"]
+
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 4) if b else None
+
+    stages = {
+        stage: {
+            "calve": calve.stages[stage].to_dict(),
+            "lookback": lookback.stages[stage].to_dict(),
+            "cpu_ratio": ratio(calve.stages[stage].cpu_s, lookback.stages[stage].cpu_s),
+            "bytes_read_ratio": ratio(calve.stages[stage].bytes_read, lookback.stages[stage].bytes_read),
+            "rows_read_ratio": ratio(calve.stages[stage].rows_read, lookback.stages[stage].rows_read),
+        }
+        for stage in STAGES
+    }
+    total_calve, total_lookback = calve.total, lookback.total
+    return {
+        "days": config.days,
+        "events_per_day": config.events_per_day,
+        "late_fraction": config.late_fraction,
+        "lookback_days": lookback_days,
+        "seed": config.seed,
+        "events_ingested": ingested,
+        "late_events": late,
+        "events_later_than_lookback": beyond,
+        "stages": stages,
+        "total": {"calve": total_calve.to_dict(), "lookback": total_lookback.to_dict()},
+        "calve_cpu_s": round(total_calve.cpu_s, 3),
+        "lookback_cpu_s": round(total_lookback.cpu_s, 3),
+        "cpu_ratio": ratio(total_calve.cpu_s, total_lookback.cpu_s),
+        "wall_ratio": ratio(total_calve.wall_s, total_lookback.wall_s),
+        "bytes_read_ratio": ratio(total_calve.bytes_read, total_lookback.bytes_read),
+        "rows_read_ratio": ratio(total_calve.rows_read, total_lookback.rows_read),
+        "calve_run_cpu_s": round(calve.run_cpu_s, 3),
+        "lookback_run_cpu_s": round(lookback.run_cpu_s, 3),
+        "run_cpu_ratio": ratio(calve.run_cpu_s, lookback.run_cpu_s),
+        "accuracy": accuracy,
+        "calve_mismatched_rows": sum(accuracy["calve"].values()),
+        "lookback_mismatched_rows": sum(accuracy["lookback"].values()),
+    }
