@@ -113,15 +113,22 @@ def test_snapshots_and_help(home: Path, history: dict[str, int]) -> None:
     assert "Examples" in calve(home, "changes", "--help").stdout
 
 
-def test_demo_runs_end_to_end_and_matches_recomputation(home: Path) -> None:
-    result = calve(home, "demo", "--rounds", "3", "--events-per-round", "300", "--json")
+def test_demo_compares_both_pipelines_and_prints_the_figures_scripts_use(home: Path) -> None:
+    options = ["--days", "6", "--events-per-day", "400", "--late-fraction", "0.1", "--lookback-days", "2"]
+    result = calve(home, "demo", *options, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["matches_recomputation"] is True
-    assert [r["snapshots"] for r in report["rounds"]] == [1, 1, 1]
-    consumers = json.loads(calve(home, "consumers", "--json").stdout)["consumers"]
-    assert consumers[0]["consumer"] == "demo_daily"
+    for key in ("calve_cpu_s", "lookback_cpu_s", "cpu_ratio", "bytes_read_ratio"):
+        assert report[key] > 0, key
+    assert report["calve_mismatched_rows"] == 0
+    assert report["events_later_than_lookback"] > 0
+    assert report["accuracy"]["lookback"]["daily"] == report["events_later_than_lookback"]
+    # the incremental pipeline's consumers are up to date, as `calve changes` confirms
     pending = json.loads(
-        calve(home, "changes", "calve_demo.events", "--consumer", "demo_daily", "--json").stdout
+        calve(home, "changes", "playback.events", "--consumer", "playback_calve-daily", "--json").stdout
     )
     assert pending["snapshots"] == []
+    text = calve(home, "demo", "--days", "2", "--events-per-day", "100")
+    assert text.returncode == 0 and "rows differ from a from-scratch recomputation" in text.stdout
+    bad = calve(home, "demo", "--days", "0")
+    assert bad.returncode == 2 and "--days" in bad.stderr

@@ -25,6 +25,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
 from calve.changes import ChangeSet
+from calve.planning import plan_files
 
 CHANGE_TYPE_COLUMN = "_change_type"
 INSERT = "insert"
@@ -116,7 +117,7 @@ def read_tasks(table: Table, schema: Schema, tasks: Iterable[FileScanTask]) -> p
 def _live_tasks(table: Table, snapshot_id: int | None) -> dict[str, FileScanTask]:
     if snapshot_id is None:
         return {}
-    return {t.file.file_path: t for t in table.scan(snapshot_id=snapshot_id).plan_files()}
+    return {t.file.file_path: t for t in plan_files(table, snapshot_id=snapshot_id)}
 
 
 def _task_key(task: FileScanTask | None) -> frozenset[str] | None:

@@ -36,6 +36,7 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import NestedField
 
 from calve.errors import CalveError
+from calve.planning import plan_files
 from calve.ranges import file_bounds
 
 ALWAYS_TRUE = AlwaysTrue()
@@ -125,7 +126,7 @@ def plan_key_files(
     coarse = _in_or_range(names[0], keys.column(0))
     if not isinstance(row_filter, AlwaysTrue):
         coarse = And(row_filter, coarse)
-    tasks = list(table.scan(row_filter=coarse, snapshot_id=snapshot_id).plan_files())
+    tasks = plan_files(table, coarse, snapshot_id)
     if len(names) == 1:
         return tasks
     by_first: dict[Any, list[list[Any]]] = {}

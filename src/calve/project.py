@@ -48,19 +48,20 @@ lock_stale_after: 10m
 
 EXAMPLE_WORKFLOW = """\
 # An example workflow (pattern 3 of docs/workflows.md): replace it with yours.
-# It reads calve_demo.events, which `calve demo` creates in this project's catalog.
+# It reads playback.events, which `calve demo` creates in this project's catalog.
 id: hello
 description: Views per day, recomputed only for the days that the new events touch.
 params:
   min_seconds: {type: int, default: 0, description: views shorter than this are not counted}
 triggers:
-  - incremental: {sources: [calve_demo.events], min_interval: 1m}
+  - incremental: {sources: [playback.events], min_interval: 1m}
 steps:
   - id: daily_views
     inputs:
-      changed: {table: calve_demo.events, read: ranges, ranges: [event_day]}
+      changed: {table: playback.events, read: ranges, ranges: [event_day]}
       events:
-        table: calve_demo.events
+        table: playback.events
+        columns: [event_day, view_seconds]
         filter: {event_day: {between: [$range_event_day_min, $range_event_day_max]}}
     sql: |
       SELECT event_day, count(*) AS views, sum(view_seconds) AS view_seconds

@@ -43,7 +43,7 @@ class PlaybackConfig:
     days: int = 30
     events_per_day: int = 20_000
     late_fraction: float = 0.03
-    mean_lag_days: float = 5.0
+    mean_lag_days: float = 3.0
     max_lag_days: int = 45
     accounts: int | None = None  # default: events_per_day / 8 (about 8 plays per account and day)
     titles: int = 2_000

@@ -53,7 +53,6 @@ from pyiceberg.expressions import (
     NotEqualTo,
     NotNull,
 )
-from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.table import Table
 
 from calve import _faults
@@ -65,6 +64,7 @@ from calve.engines import Engine, SqlError
 from calve.errors import CalveError, RowLevelChangesError
 from calve.icdc import IcdcTable
 from calve.merge import plan_key_files
+from calve.planning import plan_files, read_files
 from calve.ranges import ColumnRange, change_ranges
 from calve.state import RunRecord, RunStatus, StateStore, StepRunRecord
 from calve.workflows.spec import (
@@ -528,16 +528,12 @@ class Runner:
                     table = source.schema().as_arrow().empty_table()
                     files = []
                 else:
-                    scan = source.scan(row_filter=expression, snapshot_id=until, selected_fields=fields)
+                    projection = source.scan(snapshot_id=until, selected_fields=fields).projection()
                     if keys is None:
-                        files = list(scan.plan_files())
-                        table = scan.to_arrow()
+                        files = plan_files(source, expression, until)
                     else:  # the files that may hold one of the keys, pruned by their bounds
                         files = plan_key_files(source, keys, until, expression)
-                        reader = ArrowScan(source.metadata, source.io, scan.projection(), expression)
-                        table = (
-                            reader.to_table(files) if files else scan.projection().as_arrow().empty_table()
-                        )
+                    table = read_files(source, files, expression, projection)
                 rows_read += table.num_rows  # rows decoded from the files, before exact key matching
                 if keys is not None and keys.num_rows:  # the file pruning is coarse: keep exact tuples
                     table = _semi_join(table, keys)
@@ -699,7 +695,9 @@ class Runner:
             flag = pc.fill_null(output.column(spec.delete_column).cast(pa.bool_()), False)
             deletes = output.filter(flag).select(list(spec.keys))
             output = output.filter(pc.invert(flag)).drop_columns([spec.delete_column])
-        target = load_or_create(self.catalog, spec.table, output.schema, spec.partition_by)
+        target = load_or_create(
+            self.catalog, spec.table, output.schema, spec.partition_by, dict(spec.properties)
+        )
         data = conform(output, target, step.id)
         consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
         changes = [prepared.changes[i.alias] for i in step.incremental_inputs]

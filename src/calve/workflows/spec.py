@@ -200,6 +200,7 @@ class OutputSpec:
     delete_column: str | None = None
     filter: tuple[Predicate, ...] = ()
     partition_by: tuple[str, ...] = ()
+    properties: tuple[tuple[str, str], ...] = ()  # table properties set when the table is created
 
 
 @dataclass(frozen=True)
@@ -845,7 +846,10 @@ def _output(
     c: _Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]
 ) -> OutputSpec | None:
     spec = c.mapping(
-        raw, key, ("table", "mode", "keys", "delete_column", "filter", "partition_by"), ("table",)
+        raw,
+        key,
+        ("table", "mode", "keys", "delete_column", "filter", "partition_by", "properties"),
+        ("table",),
     )
     if not spec:
         return None
@@ -877,7 +881,15 @@ def _output(
             except ValueError as exc:
                 c.problem((*key, "partition_by", index), str(exc))
         partition_by = tuple(str(p) for p in raw_parts)
-    return OutputSpec(table, WriteMode(mode), tuple(keys), delete_column, predicates, partition_by)
+    properties: tuple[tuple[str, str], ...] = ()
+    if "properties" in spec:
+        if not isinstance(spec["properties"], dict):
+            c.problem((*key, "properties"), "properties is a mapping of Iceberg table property to value")
+        else:
+            properties = tuple((str(k), str(v)) for k, v in spec["properties"].items())
+    return OutputSpec(
+        table, WriteMode(mode), tuple(keys), delete_column, predicates, partition_by, properties
+    )
 
 
 def _check_sql(c: _Checker, key: tuple[Hashable, ...], sql: str, names: set[str]) -> None:

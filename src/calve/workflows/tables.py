@@ -57,7 +57,11 @@ def parse_partition_field(text: str) -> tuple[str, Transform[Any, Any], str]:
 
 
 def load_or_create(
-    catalog: Catalog, identifier: str, schema: pa.Schema, partition_by: tuple[str, ...]
+    catalog: Catalog,
+    identifier: str,
+    schema: pa.Schema,
+    partition_by: tuple[str, ...],
+    properties: dict[str, str] | None = None,
 ) -> Table:
     """The target table; created from the output's schema (and the declared partitioning) if missing."""
     try:
@@ -76,7 +80,9 @@ def load_or_create(
                 f"not have (its columns: {', '.join(schema.names)})"
             )
     # pyiceberg assigns field ids from an Arrow schema only without a partition spec; add it after
-    table = catalog.create_table_if_not_exists(identifier, schema=_nullable(schema))
+    table = catalog.create_table_if_not_exists(
+        identifier, schema=_nullable(schema), properties=properties or {}
+    )
     if partition_by and table.spec().is_unpartitioned():
         with table.update_spec() as update:
             for text in partition_by:
