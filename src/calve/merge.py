@@ -32,11 +32,12 @@ from pyiceberg.expressions import (
 )
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import NestedField
 
 from calve.errors import CalveError
-from calve.planning import plan_files
+from calve.planning import plan_files, read_files
 from calve.ranges import file_bounds
 
 ALWAYS_TRUE = AlwaysTrue()
@@ -129,31 +130,95 @@ def plan_key_files(
     tasks = plan_files(table, coarse, snapshot_id)
     if len(names) == 1:
         return tasks
-    by_first: dict[Any, list[list[Any]]] = {}
-    for row in zip(*(keys.column(n).to_pylist() for n in names), strict=True):
-        if row[0] is None:
-            continue
-        columns = by_first.setdefault(row[0], [[] for _ in names[1:]])
-        for index, value in enumerate(row[1:]):
-            if value is not None:
-                columns[index].append(value)
-    for columns in by_first.values():
-        for values in columns:
-            values.sort()
-    firsts = sorted(by_first)
+    groups = _key_groups(keys)
+    firsts = sorted(groups)
     kept = []
     for task in tasks:
         low, high = file_bounds(task.file, fields[0].field_id, fields[0].field_type)
         start = 0 if low is None else bisect.bisect_left(firsts, low)
         stop = len(firsts) if high is None else bisect.bisect_right(firsts, high)
-        if any(_may_hold(task, fields[1:], by_first[first]) for first in firsts[start:stop]):
+        if any(_may_hold(task, fields[1:], groups[first]) for first in firsts[start:stop]):
             kept.append(task)
     return kept
 
 
-def _may_hold(task: FileScanTask, fields: list[NestedField], columns: list[list[Any]]) -> bool:
-    for key_field, values in zip(fields, columns, strict=True):
+def read_key_files(
+    table: Table,
+    tasks: list[FileScanTask],
+    keys: pa.Table,
+    row_filter: BooleanExpression,
+    schema: Schema,
+) -> pa.Table:
+    """Read planned files keeping (mostly) the rows of the key tuples: the files are grouped by the
+    first key column's value (their bounds), and each group is read with `second key IN (the values
+    seen with it)` added to the filter, so that Arrow drops the other rows while decoding. The
+    caller still matches the tuples exactly."""
+    names = keys.column_names
+    if len(names) < 2 or not tasks:
+        return read_files(table, tasks, row_filter, schema)
+    first = table.schema().find_field(names[0])
+    groups = _key_groups(keys)
+    by_value: dict[Any, list[FileScanTask]] = {}
+    rest: list[FileScanTask] = []
+    for task in tasks:
+        low, high = file_bounds(task.file, first.field_id, first.field_type)
+        if low is not None and low == high and low in groups and groups[low].values is not None:
+            by_value.setdefault(low, []).append(task)
+        else:
+            rest.append(task)
+    parts = [read_files(table, rest, row_filter, schema)] if rest else []
+    for value, group_tasks in by_value.items():
+        values = groups[value].values
+        assert values is not None
+        narrowed = And(row_filter, In(names[1], values[0]))  # type: ignore[call-arg,arg-type]
+        parts.append(read_files(table, group_tasks, narrowed, schema))
+    return pa.concat_tables(parts) if parts else schema.as_arrow().empty_table()
+
+
+EXACT_GROUP_LIMIT = 2000  # a group with more keys is pruned by its min..max only
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The other key columns' values of the keys sharing one first-column value."""
+
+    lows: list[Any]
+    highs: list[Any]
+    values: list[list[Any]] | None  # sorted distinct values per column, for small groups
+
+
+def _key_groups(keys: pa.Table) -> dict[Any, _Group]:
+    """Per first-column value: min, max and (for small groups) the sorted values of the others."""
+    names = keys.column_names
+    first, others = names[0], names[1:]
+    stats = keys.group_by(first).aggregate(
+        [([], "count_all"), *((n, "min") for n in others), *((n, "max") for n in others)]
+    )
+    groups: dict[Any, _Group] = {}
+    counts = stats.column("count_all").to_pylist()
+    lows = [stats.column(f"{n}_min").to_pylist() for n in others]
+    highs = [stats.column(f"{n}_max").to_pylist() for n in others]
+    for index, value in enumerate(stats.column(first).to_pylist()):
+        if value is None:
+            continue
+        exact = None
+        if counts[index] <= EXACT_GROUP_LIMIT:
+            rows = keys.filter(pc.equal(keys.column(first), pa.scalar(value, keys.schema.field(first).type)))
+            exact = [sorted(set(rows.column(n).drop_null().to_pylist())) for n in others]
+        groups[value] = _Group([c[index] for c in lows], [c[index] for c in highs], exact)
+    return groups
+
+
+def _may_hold(task: FileScanTask, fields: list[NestedField], group: _Group) -> bool:
+    for position, key_field in enumerate(fields):
         low, high = file_bounds(task.file, key_field.field_id, key_field.field_type)
+        if group.values is None:
+            if (high is not None and group.lows[position] is not None and high < group.lows[position]) or (
+                low is not None and group.highs[position] is not None and low > group.highs[position]
+            ):
+                return False
+            continue
+        values = group.values[position]
         start = 0 if low is None else bisect.bisect_left(values, low)
         stop = len(values) if high is None else bisect.bisect_right(values, high)
         if start >= stop:

@@ -63,7 +63,7 @@ from calve.consumer import Consumer
 from calve.engines import Engine, SqlError
 from calve.errors import CalveError, RowLevelChangesError
 from calve.icdc import IcdcTable
-from calve.merge import plan_key_files
+from calve.merge import plan_key_files, read_key_files
 from calve.planning import plan_files, read_files
 from calve.ranges import ColumnRange, change_ranges
 from calve.state import RunRecord, RunStatus, StateStore, StepRunRecord
@@ -531,9 +531,10 @@ class Runner:
                     projection = source.scan(snapshot_id=until, selected_fields=fields).projection()
                     if keys is None:
                         files = plan_files(source, expression, until)
+                        table = read_files(source, files, expression, projection)
                     else:  # the files that may hold one of the keys, pruned by their bounds
                         files = plan_key_files(source, keys, until, expression)
-                    table = read_files(source, files, expression, projection)
+                        table = read_key_files(source, files, keys, expression, projection)
                 rows_read += table.num_rows  # rows decoded from the files, before exact key matching
                 if keys is not None and keys.num_rows:  # the file pruning is coarse: keep exact tuples
                     table = _semi_join(table, keys)
