@@ -33,7 +33,9 @@ from calve.state import StateStore
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scales", default="10000,40000,160000", help="events per day, comma-separated")
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--late-fraction", type=float, default=0.03)

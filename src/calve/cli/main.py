@@ -405,7 +405,7 @@ def consumers(ctx: Context, name: str | None, json_mode: bool, out: Output) -> N
 
 @cli.command()
 @click.option("--days", default=30, show_default=True, help="Days to simulate, one batch of events a day.")
-@click.option("--events-per-day", default=20_000, show_default=True, help="Plays per event day.")
+@click.option("--events-per-day", default=100_000, show_default=True, help="Plays per event day.")
 @click.option(
     "--late-fraction", default=0.03, show_default=True, help="Share of each day's plays that arrive late."
 )
