@@ -345,3 +345,64 @@ def test_run_json_from_the_command_line(tmp_path: Path) -> None:
         [*calve, "run", "copy", "-p", "lable=x"], env=env, capture_output=True, text=True
     )
     assert bad_param.returncode == 1 and "did you mean 'label'?" in bad_param.stderr
+
+
+def test_relative_dates_projection_and_table_properties(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path,
+        window="""
+            id: window
+            params:
+              days: {type: int, default: 2}
+              before: {type: date, default: logical_date - days days}
+            steps:
+              - id: recent
+                inputs:
+                  events:
+                    table: shop.events
+                    columns: [day, amount]
+                    filter: {day: {gt: $before, lte: $logical_date}}
+                sql: SELECT * FROM events
+                output:
+                  table: shop.recent
+                  mode: overwrite
+                  properties: {write.target-file-size-bytes: "1048576"}
+        """,
+    )
+    events, _ = create_shop(project.catalog)
+    shop = Shop()
+    for _ in range(4):  # 2026-03-01 .. 2026-03-04
+        events.append(shop.round(late_fraction=0, resend_fraction=0)[0])
+    result = runner_for(project).run(project.workflow("window"), logical_date=dt.date(2026, 3, 4))
+    assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+    assert result.run.params == {"days": 2, "before": dt.date(2026, 3, 2)}
+    recent = project.catalog.load_table("shop.recent")
+    assert recent.properties["write.target-file-size-bytes"] == "1048576"
+    rows = recent.scan().to_arrow()
+    assert rows.column_names == ["day", "amount"]  # only the projected columns
+    assert sorted(set(rows.column("day").to_pylist())) == [dt.date(2026, 3, 3), dt.date(2026, 3, 4)]
+    # the same workflow, another day and window
+    again = runner_for(project).run(
+        project.workflow("window"), {"days": "1"}, logical_date=dt.date(2026, 3, 2)
+    )
+    assert again is not None and again.run.params["before"] == dt.date(2026, 3, 1)
+
+
+def test_match_must_name_a_keys_input(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path,
+        bad="""
+            id: bad
+            steps:
+              - id: agg
+                inputs:
+                  changed: {table: shop.events, read: icdc}
+                  rows: {table: shop.events, match: chnged}
+                sql: SELECT 1 AS n
+                output: {table: shop.n, mode: append}
+        """,
+    )
+    with pytest.raises(
+        WorkflowError, match=r"match: 'chnged' must name another input of this step with read: keys"
+    ):
+        project.workflows()
