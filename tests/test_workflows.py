@@ -367,6 +367,7 @@ def test_relative_dates_projection_and_table_properties(tmp_path: Path) -> None:
                   table: shop.recent
                   mode: overwrite
                   properties: {write.target-file-size-bytes: "1048576"}
+                  sort_by: [amount]
         """,
     )
     events, _ = create_shop(project.catalog)
@@ -380,6 +381,8 @@ def test_relative_dates_projection_and_table_properties(tmp_path: Path) -> None:
     assert recent.properties["write.target-file-size-bytes"] == "1048576"
     rows = recent.scan().to_arrow()
     assert rows.column_names == ["day", "amount"]  # only the projected columns
+    amounts = rows.column("amount").to_pylist()
+    assert amounts == sorted(amounts)  # written in sort_by order (one file)
     assert sorted(set(rows.column("day").to_pylist())) == [dt.date(2026, 3, 3), dt.date(2026, 3, 4)]
     # the same workflow, another day and window
     again = runner_for(project).run(

@@ -700,6 +700,13 @@ class Runner:
             self.catalog, spec.table, output.schema, spec.partition_by, dict(spec.properties)
         )
         data = conform(output, target, step.id)
+        if spec.sort_by:
+            missing = [c for c in spec.sort_by if c not in data.column_names]
+            if missing:
+                raise CalveError(
+                    f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
+                )
+            data = data.sort_by([(c, "ascending") for c in spec.sort_by])
         consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
         changes = [prepared.changes[i.alias] for i in step.incremental_inputs]
         # each source once, at the end of its range

@@ -201,6 +201,7 @@ class OutputSpec:
     filter: tuple[Predicate, ...] = ()
     partition_by: tuple[str, ...] = ()
     properties: tuple[tuple[str, str], ...] = ()  # table properties set when the table is created
+    sort_by: tuple[str, ...] = ()  # rows are written in this order (narrow file and row-group bounds)
 
 
 @dataclass(frozen=True)
@@ -848,7 +849,7 @@ def _output(
     spec = c.mapping(
         raw,
         key,
-        ("table", "mode", "keys", "delete_column", "filter", "partition_by", "properties"),
+        ("table", "mode", "keys", "delete_column", "filter", "partition_by", "properties", "sort_by"),
         ("table",),
     )
     if not spec:
@@ -887,8 +888,16 @@ def _output(
             c.problem((*key, "properties"), "properties is a mapping of Iceberg table property to value")
         else:
             properties = tuple((str(k), str(v)) for k, v in spec["properties"].items())
+    sort_by = c.names(spec["sort_by"], (*key, "sort_by"), "columns") if "sort_by" in spec else ()
     return OutputSpec(
-        table, WriteMode(mode), tuple(keys), delete_column, predicates, partition_by, properties
+        table,
+        WriteMode(mode),
+        tuple(keys),
+        delete_column,
+        predicates,
+        partition_by,
+        properties,
+        tuple(sort_by),
     )
 
 
