@@ -59,3 +59,22 @@ def test_calve_equals_recomputation_and_lookback_misses_exactly_the_late_events(
     assert report["stages"]["daily"]["rows_read_ratio"] < 0.5
     workflows = playback_workflows()
     assert {s.id for s in workflows["calve"].steps} == {"daily", "agg"}
+
+
+def test_demo_never_replaces_a_table_it_did_not_create(catalog: SqlCatalog, home: Path) -> None:
+    from calve.errors import CalveError
+    from calve.playback.data import EVENTS_SCHEMA
+
+    catalog.create_namespace("playback")
+    mine = catalog.create_table("playback.daily_calve", schema=EVENTS_SCHEMA)
+    with pytest.raises(CalveError, match=r"playback.daily_calve exists and was not created by `calve demo`"):
+        run_playback(catalog, StateStore(home / "state.db"), PlaybackConfig(days=1, events_per_day=10))
+    assert catalog.load_table("playback.daily_calve").metadata.table_uuid == mine.metadata.table_uuid
+    catalog.drop_table("playback.daily_calve")
+    # its own tables are replaced run after run
+    for _ in range(2):
+        report = run_playback(
+            catalog, StateStore(home / "state.db"), PlaybackConfig(days=2, events_per_day=50)
+        )
+        assert report["calve_mismatched_rows"] == 0
+    assert catalog.load_table("playback.agg_calve").properties["calve.demo"] == "playback"

@@ -87,23 +87,56 @@ def playback_workflows() -> dict[str, Workflow]:
     }
 
 
+DEMO_PROPERTY = "calve.demo"  # marks the tables the demo owns, and may drop and recreate
+
+
 def reset_tables(catalog: Catalog) -> None:
-    """Drop the demo's tables (never purge: drop only) and create an empty source."""
+    """Remove the tables of an earlier demo and create an empty source.
+
+    Only tables marked as the demo's are touched: a `playback.events` (or any of the pipelines'
+    tables) that the demo did not create stops the demo with an error instead. The demo's own tables
+    are purged (their files deleted) after the demo's ICDC tables, which reference the source's
+    files, have been dropped (never purged)."""
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(NAMESPACE)
+    owned = [SOURCE, *(t for tables in TABLES.values() for t in tables.values())]
+    existing = []
+    for identifier in owned:
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            continue
+        if table.properties.get(DEMO_PROPERTY) != "playback":
+            raise CalveError(
+                f"{identifier} exists and was not created by `calve demo`, which would replace it: "
+                "run the demo against another catalog (--catalog, or another folder for the embedded "
+                "one), or drop that table yourself"
+            )
+        existing.append(identifier)
     try:
-        existing = catalog.list_tables(NAMESPACE)
-    except NoSuchNamespaceError:
-        existing = []
-    for identifier in existing:
-        catalog.drop_table(identifier)
-    try:
-        for identifier in catalog.list_tables(ICDC_NAMESPACE):
-            if identifier[-1].startswith("playback_calve-"):
-                drop_icdc_table(catalog, ".".join(identifier))
+        for icdc_identifier in catalog.list_tables(ICDC_NAMESPACE):
+            if icdc_identifier[-1].startswith("playback_calve-"):
+                drop_icdc_table(catalog, ".".join(icdc_identifier))
     except NoSuchNamespaceError:
         pass
-    catalog.create_table(SOURCE, schema=EVENTS_SCHEMA, partition_spec=EVENTS_SPEC)
+    for identifier in existing:
+        catalog.purge_table(identifier)
+    catalog.create_table(
+        SOURCE, schema=EVENTS_SCHEMA, partition_spec=EVENTS_SPEC, properties={DEMO_PROPERTY: "playback"}
+    )
+
+
+def mark_tables(catalog: Catalog) -> None:
+    """Mark the pipelines' tables (created by their first runs) as the demo's."""
+    for tables in TABLES.values():
+        for identifier in tables.values():
+            try:
+                table = catalog.load_table(identifier)
+            except NoSuchTableError:
+                continue
+            if table.properties.get(DEMO_PROPERTY) != "playback":
+                with table.transaction() as tx:
+                    tx.set_properties({DEMO_PROPERTY: "playback"})
 
 
 def run_playback(
@@ -140,6 +173,9 @@ def run_playback(
                 if step.step_id in STAGES:
                     wall_s = (step.finished_at or 0) - (step.started_at or 0)
                     costs[name].stages[step.step_id].add(step.metrics, step.cpu_s or 0.0, wall_s)
+        if index == 0:
+            mark_tables(catalog)
+    mark_tables(catalog)
     progress(config.days, config.days, "comparing with a from-scratch recomputation")
     accuracy = compare_with_recomputation(catalog)
     events = catalog.load_table(SOURCE).scan(selected_fields=("event_day", "ingest_day")).to_arrow()
