@@ -409,3 +409,38 @@ def test_match_must_name_a_keys_input(tmp_path: Path) -> None:
         WorkflowError, match=r"match: 'chnged' must name another input of this step with read: keys"
     ):
         project.workflows()
+
+
+def test_filter_join_deletes_the_aggregates_of_keys_that_lost_all_their_rows(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path,
+        totals="""
+            id: totals
+            steps:
+              - id: per_account
+                inputs:
+                  changed: {table: shop.events, read: keys, keys: [account_id]}
+                  events: {table: shop.events, match: changed, columns: [account_id, amount]}
+                sql: |
+                  SELECT c.account_id, count(e.account_id) AS orders, sum(e.amount) AS amount,
+                         count(e.account_id) = 0 AS gone
+                  FROM changed AS c LEFT JOIN events AS e USING (account_id)
+                  GROUP BY c.account_id
+                output: {table: shop.totals, mode: merge, keys: [account_id], delete_column: gone}
+        """,
+    )
+    events, _ = create_shop(project.catalog)
+    events.append(Shop(accounts=5).round(late_fraction=0, resend_fraction=0)[0])
+    runner = runner_for(project)
+    assert runner.run(project.workflow("totals")).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    events.delete("account_id = 3")  # a copy-on-write delete: the key's rows are gone
+    events.append(Shop(seed=2, accounts=2).round(late_fraction=0, resend_fraction=0)[0])  # accounts 0, 1
+    result = runner.run(project.workflow("totals"))
+    assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+    totals = project.catalog.load_table("shop.totals").scan().to_arrow()
+    expected = recompute(
+        "SELECT account_id, count(*) AS orders, sum(amount) AS amount FROM events GROUP BY account_id",
+        events=events.scan().to_arrow(),
+    )
+    assert rows(totals, ["account_id"]) == rows(expected.cast(totals.schema), ["account_id"])
+    assert 3 not in totals.column("account_id").to_pylist()
