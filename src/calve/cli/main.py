@@ -116,7 +116,7 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
 
     \b
     Start here:
-      calve demo                          change capture end to end, on tables it creates
+      calve demo                          the playback pipeline, lookback vs calve, side by side
       calve init my_project               a project: calve.yaml, workflows/, embedded warehouse
       calve validate                      check every workflow file before anything runs
       calve run daily_views               run a workflow once, now
