@@ -81,3 +81,45 @@ def test_merge_deletes_and_refuses_duplicate_or_null_keys(catalog: SqlCatalog) -
         consumer.commit(table, [], nulls, mode="merge", keys=["account_id", "day"])
     table.refresh()
     assert table.current_snapshot() == before  # refused before anything was written
+
+
+def test_merge_on_read_gives_the_same_table_as_copy_on_write_and_writes_only_deletes(
+    catalog: SqlCatalog,
+) -> None:
+    from calve.changelog import compute_changelog
+    from calve.changes import capture_changes
+
+    schema = daily(range(1), DAYS[:1], 0).schema
+    cow = load_or_create(catalog, "db.cow", schema, ("day",))
+    mor = load_or_create(catalog, "db.mor", schema, ("day",), {"write.merge.mode": "merge-on-read"})
+    rounds = [
+        (daily(range(1000), DAYS[:3], 1), None),
+        (daily(range(0, 1000, 7), DAYS[1:2], 2), None),  # updates in one day's file
+        (
+            daily(range(0, 1000, 5), DAYS[1:3], 3),
+            daily(range(1, 1000, 11), DAYS[:1], 0).select(["account_id", "day"]),
+        ),
+        (daily(range(990, 1010), DAYS[1:2], 4), None),  # the same file again: its earlier deletes stay
+    ]
+    for table in (cow, mor):
+        consumer = Consumer(catalog, "merge_test")
+        for upserts, deletes in rounds:
+            consumer.commit(table, [], upserts, mode="merge", keys=["account_id", "day"], deletes=deletes)
+        table.refresh()
+
+    def content(table):  # type: ignore[no-untyped-def]
+        return sorted(tuple(r.values()) for r in table.scan().to_arrow().to_pylist())
+
+    assert content(mor) == content(cow)
+    summary = mor.current_snapshot().summary  # type: ignore[union-attr]
+    assert summary.operation.value == "overwrite"
+    # accounts 990..999 of day 2 live in 3 files by now (round 1, and rounds 2-3 for multiples of 7, 5)
+    assert int(summary["added-delete-files"]) == 3 and int(summary["added-position-deletes"]) == 10
+    assert int(summary["total-records"]) - int(summary["total-position-deletes"]) == len(content(cow))
+    # every data file written once: merge-on-read rewrote nothing
+    data_files = {t.file.file_path for t in mor.scan().plan_files()}
+    assert len(data_files) == 3 + 1 + 2 + 1
+    # change capture reads the deletes as row-level changes
+    first = mor.metadata.snapshots[0].snapshot_id
+    log = compute_changelog(mor, capture_changes(mor, first))
+    assert log.deleted.num_rows > 0 and log.inserted.num_rows > 0

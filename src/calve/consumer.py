@@ -44,6 +44,7 @@ from calve.changes import ChangeSet, capture_changes
 from calve.errors import CalveError, CheckpointConflictError
 from calve.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
 from calve.merge import MergePlan, plan_merge
+from calve.mor import stage_merge_on_read
 from calve.state import CheckpointRecord, StateStore
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
@@ -205,7 +206,9 @@ class Consumer:
             assert isinstance(data, pa.Table)
             plan = plan_merge(target, data, keys, deletes)
         empty = isinstance(data, pa.Table) and data.num_rows == 0
-        nothing_to_write = empty and (mode == "append" or (plan is not None and not plan.deleted_files))
+        nothing_to_write = empty and (
+            mode == "append" or (plan is not None and not plan.deleted_files and not plan.positions)
+        )
         before = target.current_snapshot()
 
         _faults.crash_point("consumer.before_commit")
@@ -269,6 +272,9 @@ class Consumer:
 def _commit_merge(tx: Transaction, target: Table, plan: MergePlan, summary: dict[str, str]) -> None:
     """One snapshot: the rewritten files out, their kept rows and the upserts in."""
     assert plan.rows is not None
+    if plan.positions:  # merge-on-read: position delete files, the rewritten files stay
+        stage_merge_on_read(tx, target, plan.rows, plan.positions, summary)
+        return
     if not plan.deleted_files:
         tx.append(plan.rows, snapshot_properties=summary)
         return

@@ -37,6 +37,7 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import NestedField
 
 from calve.errors import CalveError
+from calve.mor import matched_positions, merge_on_read
 from calve.planning import plan_files, read_files
 from calve.ranges import file_bounds
 
@@ -53,6 +54,8 @@ class MergePlan:
     rows_read: int = 0
     rows_matched: int = 0  # target rows replaced or deleted
     rows_upserted: int = 0
+    # merge-on-read: data file path -> (data file, positions to delete) instead of rewritten files
+    positions: dict[str, tuple[DataFile, Any]] = field(default_factory=dict)
 
 
 def key_filter(keys: pa.Table) -> BooleanExpression:
@@ -261,6 +264,15 @@ def plan_merge(
     distinct_keys = key_rows  # unique, checked above
     kept_parts: list[pa.Table] = []
     tasks = plan_key_files(table, distinct_keys)
+    if merge_on_read(table):
+        for task in tasks:
+            positions = matched_positions(table, task, distinct_keys)
+            plan.files_read += 1
+            if len(positions):
+                plan.positions[task.file.file_path] = (task.file, positions)
+                plan.rows_matched += len(positions)
+        plan.rows = upserts
+        return plan
     key_reader = ArrowScan(table.metadata, table.io, table.schema().select(*keys), AlwaysTrue())
     reader = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     for task in tasks:

@@ -1,0 +1,196 @@
+"""Merge-on-read writes: position delete files instead of rewriting the files that hold a key.
+
+pyiceberg writes copy-on-write only: a merge that matches one row of a file rewrites the whole
+file. A table with `write.merge.mode=merge-on-read` gets what Spark writes instead: for each data
+file holding matched keys, a small position-delete file (`file_path`, `pos`), and the upserted rows
+in new data files, in one `overwrite` snapshot. Readers (pyiceberg, Spark, Trino) apply the deletes.
+
+    positions = matched_positions(table, task, keys)      # rows of one file to delete
+    stage_merge_on_read(tx, table, rows, {task.file: positions}, summary)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, _read_deletes
+from pyiceberg.manifest import (
+    DataFile,
+    DataFileContent,
+    FileFormat,
+    ManifestContent,
+    ManifestFile,
+    ManifestWriterV2,
+    write_manifest,
+    write_manifest_list,
+)
+from pyiceberg.table import FileScanTask, Table, Transaction
+from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
+from pyiceberg.table.snapshots import (
+    Operation,
+    Snapshot,
+    SnapshotSummaryCollector,
+    Summary,
+    update_snapshot_summaries,
+)
+from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
+
+from calve.errors import CalveError
+from calve.icdc import _avro_codec, added_entry
+
+MERGE_MODE_PROPERTY = "write.merge.mode"
+FILE_PATH_ID = 2147483546  # reserved field ids of position delete files (Iceberg spec)
+POS_ID = 2147483545
+_DELETE_SCHEMA = pa.schema(
+    [
+        pa.field("file_path", pa.string(), nullable=False, metadata={b"PARQUET:field_id": str(FILE_PATH_ID)}),
+        pa.field("pos", pa.int64(), nullable=False, metadata={b"PARQUET:field_id": str(POS_ID)}),
+    ]
+)
+
+
+def merge_on_read(table: Table) -> bool:
+    mode = table.metadata.properties.get(MERGE_MODE_PROPERTY, "copy-on-write")
+    if mode not in ("copy-on-write", "merge-on-read"):
+        raise CalveError(f"{MERGE_MODE_PROPERTY}={mode!r}: use copy-on-write or merge-on-read")
+    if mode == "merge-on-read" and table.metadata.format_version < 2:
+        raise CalveError(f"{MERGE_MODE_PROPERTY}=merge-on-read needs an Iceberg v2 table")
+    return mode == "merge-on-read"
+
+
+class _DeleteManifestWriter(ManifestWriterV2):
+    def content(self) -> ManifestContent:
+        return ManifestContent.DELETES
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {**super()._meta, "content": "deletes"}
+
+
+def matched_positions(table: Table, task: FileScanTask, keys: pa.Table) -> np.ndarray[Any, Any]:
+    """Positions (row numbers in the data file) of the live rows whose key tuple is in `keys`."""
+    names = keys.column_names
+    raw = ArrowScan(table.metadata, table.io, table.schema().select(*names), AlwaysTrue()).to_table(
+        [FileScanTask(task.file)]  # no deletes applied: row numbers are file positions
+    )
+    numbered = raw.append_column("__calve_pos", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
+    matched = numbered.join(keys, keys=names, join_type="left semi").column("__calve_pos")
+    positions = np.unique(matched.to_numpy())
+    for delete_file in task.delete_files:  # already deleted rows stay deleted
+        deleted = _read_deletes(table.io, delete_file).get(task.file.file_path)
+        if deleted is not None and len(positions):
+            positions = np.setdiff1d(positions, deleted.to_numpy(), assume_unique=False)
+    return positions
+
+
+def stage_merge_on_read(
+    tx: Transaction,
+    table: Table,
+    rows: pa.Table,
+    deletes: dict[str, tuple[DataFile, np.ndarray[Any, Any]]],
+    snapshot_properties: dict[str, str],
+) -> None:
+    """Stage one `overwrite` snapshot in `tx`: `rows` appended, `deletes` (data file path ->
+    (data file, positions)) written as position delete files. Existing manifests are kept as they are."""
+    metadata = tx.table_metadata
+    parent = metadata.current_snapshot()
+    snapshot_id = metadata.new_snapshot_id()
+    sequence_number = metadata.next_sequence_number()
+    location = metadata.location
+    codec = _avro_codec(metadata)
+    collector = SnapshotSummaryCollector()
+    manifests: list[ManifestFile] = []
+    schema = metadata.schema()
+
+    data_files = (
+        list(_dataframe_to_data_files(metadata, rows, table.io, uuid.uuid4())) if rows.num_rows else []
+    )
+    by_spec: dict[int, list[DataFile]] = {}
+    for data_file in data_files:  # freshly written files are in the default spec
+        by_spec.setdefault(metadata.default_spec_id, []).append(data_file)
+    for spec_id, files in by_spec.items():
+        path = f"{location}/metadata/{uuid.uuid4()}-m0.avro"
+        spec = metadata.specs()[spec_id]
+        with write_manifest(2, spec, schema, table.io.new_output(path), snapshot_id, codec) as writer:
+            for data_file in files:
+                writer.add(added_entry(snapshot_id, data_file))
+                collector.add_file(data_file, schema=schema, partition_spec=spec)
+        manifests.append(writer.to_manifest_file())
+
+    delete_files: dict[int, list[DataFile]] = {}
+    for data_path, (data_file, positions) in deletes.items():
+        if not len(positions):
+            continue
+        path = f"{location}/data/{uuid.uuid4()}-deletes.parquet"
+        body = pa.table(
+            {"file_path": pa.array([data_path] * len(positions)), "pos": pa.array(np.sort(positions))},
+            schema=_DELETE_SCHEMA,
+        )
+        with table.io.new_output(path).create(overwrite=True) as stream:
+            pq.write_table(body, stream)
+        delete_file = DataFile.from_args(
+            content=DataFileContent.POSITION_DELETES,
+            file_path=path,
+            file_format=FileFormat.PARQUET,
+            partition=data_file.partition,
+            record_count=len(positions),
+            file_size_in_bytes=len(table.io.new_input(path)),
+            lower_bounds={FILE_PATH_ID: data_path.encode()},
+            upper_bounds={FILE_PATH_ID: data_path.encode()},
+        )
+        delete_file.spec_id = data_file.spec_id
+        delete_files.setdefault(data_file.spec_id, []).append(delete_file)
+    for spec_id, files in delete_files.items():
+        path = f"{location}/metadata/{uuid.uuid4()}-deletes-m0.avro"
+        spec = metadata.specs()[spec_id]
+        delete_writer = _DeleteManifestWriter(spec, schema, table.io.new_output(path), snapshot_id, codec)
+        with delete_writer:
+            for delete_file in files:
+                delete_writer.add(added_entry(snapshot_id, delete_file))
+                collector.add_file(delete_file, schema=schema, partition_spec=spec)
+        manifests.append(delete_writer.to_manifest_file())
+
+    existing = parent.manifests(table.io) if parent is not None else []
+    manifest_list = f"{location}/metadata/snap-{snapshot_id}-0-{uuid.uuid4()}.avro"
+    with write_manifest_list(
+        2,
+        table.io.new_output(manifest_list),
+        snapshot_id,
+        parent.snapshot_id if parent else None,
+        sequence_number,
+        codec,
+    ) as list_writer:
+        list_writer.add_manifests([*manifests, *existing])
+    summary = update_snapshot_summaries(
+        Summary(Operation.OVERWRITE, **collector.build(), **snapshot_properties),
+        previous_summary=parent.summary if parent is not None else None,
+    )
+    snapshot = Snapshot.model_validate(
+        {
+            "snapshot-id": snapshot_id,
+            "parent-snapshot-id": parent.snapshot_id if parent else None,
+            "sequence-number": sequence_number,
+            "timestamp-ms": max(metadata.last_updated_ms + 1, int(time.time() * 1000)),
+            "manifest-list": manifest_list,
+            "summary": summary,
+            "schema-id": metadata.current_schema_id,
+        }
+    )
+    updates = (
+        AddSnapshotUpdate(snapshot=snapshot),
+        SetSnapshotRefUpdate.model_validate(
+            {"snapshot-id": snapshot_id, "ref-name": MAIN_BRANCH, "type": SnapshotRefType.BRANCH}
+        ),
+    )
+    requirements = (
+        AssertRefSnapshotId.model_validate(
+            {"snapshot-id": parent.snapshot_id if parent else None, "ref": MAIN_BRANCH}
+        ),
+    )
+    tx._stage(updates, requirements)  # type: ignore[arg-type]
