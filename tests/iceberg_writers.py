@@ -27,8 +27,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
-from pyiceberg.table.update.snapshot import _OverwriteFiles
 
+from calve.compaction import ReplaceFiles
 from calve.icdc import added_entry
 
 FILE_PATH_ID = 2147483546
@@ -154,24 +154,12 @@ def _commit_snapshot(
     table._do_commit(updates, requirements)  # type: ignore[arg-type]
 
 
-class _ReplaceFiles(_OverwriteFiles):
-    """An overwrite whose snapshot says `replace` (pyiceberg's summary code knows no replace)."""
-
-    def _summary(self, snapshot_properties: dict[str, str] = {}) -> Summary:  # noqa: B006
-        self._operation = Operation.OVERWRITE
-        try:
-            summary = super()._summary(snapshot_properties)
-        finally:
-            self._operation = Operation.REPLACE
-        return Summary(Operation.REPLACE, **summary.additional_properties)
-
-
 def compact(table: Table) -> int:
     """Rewrite all live rows into new files in a `replace` snapshot (deletes applied, as Spark does)."""
     rows = table.scan().to_arrow()
     tasks = list(table.scan().plan_files())
     with table.transaction() as tx:
-        producer = _ReplaceFiles(operation=Operation.REPLACE, transaction=tx, io=table.io, branch=MAIN_BRANCH)
+        producer = ReplaceFiles(operation=Operation.REPLACE, transaction=tx, io=table.io, branch=MAIN_BRANCH)
         for task in tasks:
             producer.delete_data_file(task.file)
         if rows.num_rows:

@@ -444,3 +444,47 @@ def test_filter_join_deletes_the_aggregates_of_keys_that_lost_all_their_rows(tmp
     )
     assert rows(totals, ["account_id"]) == rows(expected.cast(totals.schema), ["account_id"])
     assert 3 not in totals.column("account_id").to_pylist()
+
+
+def test_compact_step_folds_small_files_without_a_change_for_consumers(tmp_path: Path) -> None:
+    project = make_project(
+        tmp_path,
+        tidy="""
+            id: tidy
+            steps:
+              - id: copy
+                inputs:
+                  events: {table: shop.events, read: icdc}
+                sql: SELECT event_id, account_id, day, amount FROM events
+                output: {table: shop.copy, mode: append, partition_by: [day]}
+              - id: compact_copy
+                compact: {table: shop.copy, small_file_bytes: 1MiB, min_files: 3}
+              - id: count
+                inputs:
+                  changed: {table: shop.copy, read: keys, keys: [day]}
+                sql: SELECT day, count(*) AS n FROM changed GROUP BY day
+                output: {table: shop.changed_days, mode: append}
+        """,
+    )
+    workflow = project.workflow("tidy")
+    assert [s.id for s in workflow.steps] == ["copy", "compact_copy", "count"]
+    events, _ = create_shop(project.catalog)
+    runner = runner_for(project)
+    shop = Shop()
+    for _ in range(4):  # each round adds files to the earlier days' partitions (late events)
+        events.append(shop.round()[0])
+        result = runner.run(workflow)
+        assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+    copy = project.catalog.load_table("shop.copy")
+    per_day: dict[object, int] = {}
+    for task in copy.scan().plan_files():
+        per_day[task.file.partition] = per_day.get(task.file.partition, 0) + 1
+    assert max(per_day.values()) < 3  # folded
+    assert copy.current_snapshot().summary.operation.value == "replace"  # type: ignore[union-attr]
+    expected = recompute(
+        "SELECT event_id, account_id, day, amount FROM events", events=events.scan().to_arrow()
+    )
+    assert rows(copy.scan().to_arrow(), ["event_id"]) == rows(expected, ["event_id"])
+    # a replace is no change: nothing is pending for the downstream step
+    again = runner.run(workflow)
+    assert again is not None and again.status is RunStatus.SKIPPED

@@ -34,6 +34,7 @@ PIPELINE = Path(__file__).resolve().parent / "pipeline"
 NAMESPACE = "playback"
 SOURCE = f"{NAMESPACE}.events"
 STAGES = ("daily", "agg")
+STAGE_OF = {"daily": "daily", "compact_daily": "daily", "agg": "agg"}  # compaction is stage 1's cost
 TABLES = {
     "lookback": {"daily": f"{NAMESPACE}.daily_lookback", "agg": f"{NAMESPACE}.agg_lookback"},
     "calve": {"daily": f"{NAMESPACE}.daily_calve", "agg": f"{NAMESPACE}.agg_calve"},
@@ -170,9 +171,10 @@ def run_playback(
             if result is None or result.status is RunStatus.FAILED:
                 raise CalveError(f"the {name} pipeline failed on {day}: {result.run.error if result else ''}")
             for step in result.steps:
-                if step.step_id in STAGES:
+                stage = STAGE_OF.get(step.step_id)
+                if stage is not None:
                     wall_s = (step.finished_at or 0) - (step.started_at or 0)
-                    costs[name].stages[step.step_id].add(step.metrics, step.cpu_s or 0.0, wall_s)
+                    costs[name].stages[stage].add(step.metrics, step.cpu_s or 0.0, wall_s)
         if index == 0:
             mark_tables(catalog)
     mark_tables(catalog)

@@ -59,6 +59,7 @@ from calve import _faults
 from calve.catalog import load_table
 from calve.changelog import compute_changelog, read_tasks, snapshot_schema
 from calve.changes import ChangeSet, capture_changes
+from calve.compaction import compact
 from calve.consumer import Consumer
 from calve.engines import Engine, SqlError
 from calve.errors import CalveError, RowLevelChangesError
@@ -407,6 +408,26 @@ class Runner:
         published: dict[str, _Prepared],
         extra: dict[str, Any],
     ) -> tuple[RunStatus, dict[str, Any]]:
+        if step.kind is StepKind.COMPACT:
+            assert step.compact is not None
+            table = load_table(self.catalog, step.compact.table)
+            result = compact(table, step.compact.small_file_bytes, step.compact.min_files)
+            table.refresh()
+            snapshot = table.current_snapshot()
+            pins[step.compact.table] = snapshot.snapshot_id if snapshot else None
+            metrics = {
+                "table": result.table,
+                "partitions": result.partitions,
+                "files_read": result.files_removed,
+                "bytes_read": result.bytes_read,
+                "rows_read": result.rows,
+                "rows_written": result.rows,
+                "files_written": result.files_written,
+                "committed_snapshot_id": result.snapshot_id,
+            }
+            if not result.partitions:
+                return RunStatus.SKIPPED, {**metrics, "reason": "nothing to compact"}
+            return RunStatus.SUCCEEDED, metrics
         if step.kind is StepKind.ICDC:
             assert step.icdc_for is not None
             target = workflow.step(step.icdc_for)

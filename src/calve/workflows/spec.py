@@ -64,6 +64,7 @@ class StepKind(StrEnum):
     SQL = "sql"
     PYTHON = "python"
     ICDC = "icdc"
+    COMPACT = "compact"
 
 
 class TriggerKind(StrEnum):
@@ -211,6 +212,13 @@ class Foreach:
 
 
 @dataclass(frozen=True)
+class Compaction:
+    table: str
+    small_file_bytes: int
+    min_files: int
+
+
+@dataclass(frozen=True)
 class StepSpec:
     id: str
     kind: StepKind
@@ -221,6 +229,7 @@ class StepSpec:
     sql_origin: tuple[Path, int] | None = None  # the file and line where the SQL text starts
     python: str | None = None
     icdc_for: str | None = None
+    compact: Compaction | None = None
     foreach: Foreach | None = None
     description: str = ""
 
@@ -320,6 +329,27 @@ class Workflow:
     @property
     def output_tables(self) -> set[str]:
         return {s.output.table for s in self.steps if s.output}
+
+
+SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_BYTES = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 10**6,
+    "MiB": 1 << 20,
+    "GB": 10**9,
+    "GiB": 1 << 30,
+}
+
+
+def parse_size(value: Any) -> int:
+    """'8MiB', '500KB', 1048576 -> bytes."""
+    match = SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size: use a number of bytes or a unit, as in 8MiB or 500KB")
+    return int(match.group(1)) * _SIZE_BYTES[match.group(2)]
 
 
 def parse_duration(value: Any) -> int:
@@ -610,6 +640,7 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
         "sql_file",
         "python",
         "icdc",
+        "compact",
         "output",
         "foreach",
     )
@@ -626,11 +657,11 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
         if step_id in seen:
             c.problem((*key, "id"), f"step id {step_id!r} is used twice; step ids must be unique")
         seen.add(step_id)
-        bodies = [k for k in ("sql", "sql_file", "python", "icdc") if k in spec]
+        bodies = [k for k in ("sql", "sql_file", "python", "icdc", "compact") if k in spec]
         if len(bodies) != 1:
             c.problem(
                 key,
-                f"step {step_id!r} needs exactly one of sql, sql_file, python, icdc (has: "
+                f"step {step_id!r} needs exactly one of sql, sql_file, python, icdc, compact (has: "
                 f"{', '.join(bodies) or 'none'})",
             )
             continue
@@ -690,6 +721,11 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
             icdc_for = str(spec["icdc"])
             if output is not None:
                 c.problem((*key, "output"), "an icdc step publishes ICDC tables and writes no output")
+        compaction = None
+        if "compact" in spec:
+            compaction = _compaction(c, spec["compact"], (*key, "compact"))
+            if output is not None or inputs:
+                c.problem(key, "a compact step rewrites its table in place: it has no inputs and no output")
         if kind is not StepKind.ICDC and any(i.read.incremental for i in inputs) and "output" not in spec:
             c.problem(
                 key,
@@ -711,6 +747,7 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
                 sql_origin=origin,
                 python=python,
                 icdc_for=icdc_for,
+                compact=compaction,
                 foreach=foreach,
                 description=str(spec.get("description") or ""),
             )
@@ -739,6 +776,24 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
                 )
             outputs[step.output.table] = step.id
     return steps
+
+
+def _compaction(c: _Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction | None:
+    from calve.compaction import DEFAULT_MIN_FILES, DEFAULT_SMALL_FILE_BYTES
+
+    if isinstance(raw, str):
+        raw = {"table": raw}
+    spec = c.mapping(raw, key, ("table", "small_file_bytes", "min_files"), ("table",))
+    table = c.table(spec.get("table"), (*key, "table")) if spec else None
+    if table is None:
+        return None
+    try:
+        small = parse_size(spec.get("small_file_bytes", DEFAULT_SMALL_FILE_BYTES))
+        min_files = int(spec.get("min_files", DEFAULT_MIN_FILES))
+    except ValueError as exc:
+        c.problem(key, str(exc))
+        return None
+    return Compaction(table, small, min_files)
 
 
 def _inputs(
@@ -928,6 +983,14 @@ def _order(c: _Checker, steps: list[StepSpec]) -> list[StepSpec]:
     for s in steps:  # the target of an icdc step runs after it
         if s.icdc_for in deps:
             deps[s.icdc_for].add(s.id)
+    for s in steps:  # a compact step runs after its table's writer, and before its readers
+        if s.compact is None:
+            continue
+        if s.compact.table in writer:
+            deps[s.id].add(writer[s.compact.table])
+        for other in steps:
+            if other.id != s.id and any(i.table == s.compact.table for i in other.inputs):
+                deps[other.id].add(s.id)
     ordered: list[StepSpec] = []
     done: set[str] = set()
     pending = [s.id for s in steps]
