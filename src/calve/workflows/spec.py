@@ -839,6 +839,8 @@ def _inputs(
                 c, spec["filter"], (*ikey, "filter"), names | _range_names(raw), aliases - {str(alias)}
             )
         columns = c.names(spec["columns"], (*ikey, "columns"), "columns") if "columns" in spec else ()
+        if columns and kind not in (ReadKind.TABLE, ReadKind.ICDC):
+            c.problem((*ikey, "columns"), "columns applies to read: table and read: icdc")
         match = None
         if "match" in spec:
             match = str(spec["match"])
