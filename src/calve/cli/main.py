@@ -492,8 +492,8 @@ def demo(
 def _render_playback(console: Console, report: dict[str, Any]) -> None:
     console.print(
         f"[bold]{report['days']} days[/bold] of playback, {report['events_ingested']:,} events "
-        f"({report['late_events']:,} late, {report['events_later_than_lookback']:,} later than "
-        f"{report['lookback_days']} days), lookback X = {report['lookback_days']}"
+        f"({report['late_events']:,} late, {report['events_later_than_lookback']:,} of them "
+        f"{report['lookback_days']} or more days late), lookback X = {report['lookback_days']}"
     )
     grid = RichTable(
         "stage",
