@@ -132,3 +132,27 @@ def test_demo_compares_both_pipelines_and_prints_the_figures_scripts_use(home: P
     assert text.returncode == 0 and "rows differ from a from-scratch recomputation" in text.stdout
     bad = calve(home, "demo", "--days", "0")
     assert bad.returncode == 2 and "--days" in bad.stderr
+
+
+def test_compact_folds_small_files_and_changes_nothing_for_consumers(home: Path) -> None:
+    from calve.catalog import embedded_catalog
+    from calve.changes import capture_changes
+
+    catalog = embedded_catalog(home)
+    catalog.create_namespace("db")
+    table = catalog.create_table("db.small", schema=EVENTS)
+    for start in range(0, 50, 10):
+        table.append(events(range(start, start + 10)))
+    before = table.current_snapshot()
+    assert before is not None
+    result = calve(home, "compact", "db.small", "--small-file-size", "1MiB", "--min-files", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["files_removed"] == 5 and report["files_written"] == 1 and report["rows"] == 50
+    table.refresh()
+    assert len(list(table.scan().plan_files())) == 1
+    assert capture_changes(table, before.snapshot_id).is_empty  # a replace is no change
+    again = calve(home, "compact", "db.small", "--small-file-size", "1MiB", "--min-files", "3")
+    assert again.returncode == 0 and "nothing to compact" in again.stdout
+    bad = calve(home, "compact", "db.small", "--small-file-size", "lots")
+    assert bad.returncode == 2 and "--small-file-size" in bad.stderr

@@ -123,6 +123,7 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
       calve runs                          what ran, with status, timings and rows
       calve scheduler                     run workflows when their triggers fire
       calve changes db.events --since 42 --ranges event_time --json
+      calve compact db.events             fold small files, invisible to consumers
     """
     ctx.obj = Context(catalog_name, project_dir)
 
@@ -333,6 +334,57 @@ def icdc(
                 f"[yellow]incomplete: snapshots {list(result.row_level_snapshot_ids)} changed rows in place "
                 "and are not in the ICDC table; see `calve changes --changelog`[/yellow]"
             )
+
+    out.result(result.to_dict(), render)
+
+
+@cli.command()
+@click.argument("table")
+@click.option(
+    "--small-file-size",
+    "small",
+    default="32MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Files below this size (and files with delete files) are compacted, as in 8MiB or 500KB.",
+)
+@click.option(
+    "--min-files", default=4, show_default=True, help="Compact a partition only with at least this many."
+)
+@json_option
+@click.pass_obj
+@handle_errors
+def compact(ctx: Context, table: str, small: str, min_files: int, json_mode: bool, out: Output) -> None:
+    """Fold each partition's small files of TABLE into one, as a `replace` snapshot.
+
+    Incremental pipelines add a small file to every partition that late data touches; readers then
+    open more and more files. Compaction rewrites the live rows of a partition's small files (and of
+    files with position deletes, which it applies) into one file. The snapshot is a `replace`:
+    no rows change, so change capture ignores it and no consumer reprocesses anything.
+
+    \b
+    Examples:
+      calve compact playback.daily_calve --small-file-size 1MiB --min-files 8
+      calve compact db.events --json
+    """
+    from calve.compaction import compact as compact_table
+    from calve.workflows.spec import parse_size
+
+    try:
+        small_bytes = parse_size(small)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--small-file-size") from None
+    result = compact_table(load_table(ctx.catalog, table), small_bytes, min_files)
+
+    def render(console: Console) -> None:
+        if not result.partitions:
+            console.print(f"{table}: nothing to compact (no partition has {min_files} small files)")
+            return
+        console.print(
+            f"{table}: {result.partitions} partition(s), {result.files_removed} files folded into "
+            f"{result.files_written} ({result.rows:,} rows, {human_bytes(result.bytes_read)} read), "
+            f"replace snapshot {result.snapshot_id}"
+        )
 
     out.result(result.to_dict(), render)
 
