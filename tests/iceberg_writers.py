@@ -12,15 +12,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import (
     DataFile,
-    DataFileContent,
-    FileFormat,
-    ManifestContent,
-    ManifestWriterV2,
     write_manifest_list,
 )
 from pyiceberg.table import Table
@@ -30,18 +24,7 @@ from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSn
 
 from calve.compaction import ReplaceFiles
 from calve.icdc import added_entry
-
-FILE_PATH_ID = 2147483546
-POS_ID = 2147483545
-
-
-class _DeleteManifestWriter(ManifestWriterV2):
-    def content(self) -> ManifestContent:
-        return ManifestContent.DELETES
-
-    @property
-    def _meta(self) -> dict[str, str]:
-        return {**super()._meta, "content": "deletes"}
+from calve.mor import DeleteManifestWriter, write_position_deletes
 
 
 def delete_positions(table: Table, positions: dict[str, list[int]], operation: str = "delete") -> int:
@@ -55,37 +38,10 @@ def delete_positions(table: Table, positions: dict[str, list[int]], operation: s
     sequence_number = metadata.next_sequence_number()
     location = table.location()
 
-    delete_files: list[DataFile] = []
-    for data_path, rows in positions.items():
-        data_file = live[data_path]
-        path = f"{location}/data/{uuid.uuid4()}-deletes.parquet"
-        schema = pa.schema(
-            [
-                pa.field(
-                    "file_path",
-                    pa.string(),
-                    nullable=False,
-                    metadata={b"PARQUET:field_id": str(FILE_PATH_ID)},
-                ),
-                pa.field("pos", pa.int64(), nullable=False, metadata={b"PARQUET:field_id": str(POS_ID)}),
-            ]
-        )
-        body = pa.table({"file_path": [data_path] * len(rows), "pos": sorted(rows)}, schema=schema)
-        with table.io.new_output(path).create(overwrite=True) as stream:
-            pq.write_table(body, stream)
-        size = table.io.new_input(path).__len__()
-        delete_file = DataFile.from_args(
-            content=DataFileContent.POSITION_DELETES,
-            file_path=path,
-            file_format=FileFormat.PARQUET,
-            partition=data_file.partition,
-            record_count=len(rows),
-            file_size_in_bytes=size,
-            lower_bounds={FILE_PATH_ID: data_path.encode()},
-            upper_bounds={FILE_PATH_ID: data_path.encode()},
-        )
-        delete_file.spec_id = data_file.spec_id
-        delete_files.append(delete_file)
+    delete_files = [
+        write_position_deletes(table.io, location, live[data_path], rows)
+        for data_path, rows in positions.items()
+    ]
 
     by_spec: dict[int, list[DataFile]] = {}
     for f in delete_files:
@@ -93,7 +49,7 @@ def delete_positions(table: Table, positions: dict[str, list[int]], operation: s
     new_manifests = []
     for spec_id, files in by_spec.items():
         manifest_path = f"{location}/metadata/{uuid.uuid4()}-deletes-m0.avro"
-        writer = _DeleteManifestWriter(
+        writer = DeleteManifestWriter(
             metadata.specs()[spec_id],
             metadata.schema(),
             table.io.new_output(manifest_path),

@@ -24,11 +24,9 @@ from pyiceberg.expressions import (
     AlwaysTrue,
     And,
     BooleanExpression,
-    EqualTo,
     GreaterThanOrEqual,
     In,
     LessThanOrEqual,
-    Or,
 )
 from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
@@ -58,32 +56,6 @@ class MergePlan:
     positions: dict[str, tuple[DataFile, Any]] = field(default_factory=dict)
 
 
-def key_filter(keys: pa.Table) -> BooleanExpression:
-    """A filter that every row whose key tuple is in `keys` satisfies, for file pruning.
-
-    One column: IN its values (or min..max when there are many). Several: an OR over the first
-    column's values of (first = v AND second IN the values seen with v), so that a late key on one
-    day does not select the files of every other changed day; the rest of the tuple is matched
-    exactly after the read. Many first values fall back to one term per column.
-    """
-    names = keys.column_names
-    if keys.num_rows == 0:
-        return AlwaysFalse()
-    if len(names) == 1:
-        return _in_or_range(names[0], keys.column(0))
-    first, second = names[0], names[1]
-    grouped = keys.group_by(first).aggregate([(second, "distinct")])
-    if grouped.num_rows > IN_LIST_LIMIT:
-        return And(_in_or_range(first, keys.column(first)), _in_or_range(second, keys.column(second)))
-    terms: list[BooleanExpression] = []
-    for value, seconds in zip(
-        grouped.column(first).to_pylist(), grouped.column(f"{second}_distinct").to_pylist(), strict=True
-    ):
-        if value is not None:
-            terms.append(And(EqualTo(first, value), _in_or_range(second, pa.array(seconds))))  # type: ignore[call-arg]
-    return balanced_or(terms)
-
-
 def _in_or_range(name: str, column: pa.Array | pa.ChunkedArray) -> BooleanExpression:
     values = pc.unique(column).drop_null().to_pylist()
     if not values:
@@ -95,17 +67,6 @@ def _in_or_range(name: str, column: pa.Array | pa.ChunkedArray) -> BooleanExpres
         GreaterThanOrEqual(name, bounds["min"]),  # type: ignore[call-arg,arg-type]
         LessThanOrEqual(name, bounds["max"]),  # type: ignore[call-arg,arg-type]
     )
-
-
-def balanced_or(terms: list[BooleanExpression]) -> BooleanExpression:
-    """OR of many terms as a balanced tree (a long left-leaning chain overflows the stack)."""
-    if not terms:
-        return AlwaysFalse()
-    while len(terms) > 1:
-        terms = [
-            Or(terms[i], terms[i + 1]) if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)
-        ]
-    return terms[0]
 
 
 def plan_key_files(

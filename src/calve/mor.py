@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io import FileIO
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, _read_deletes
 from pyiceberg.manifest import (
     DataFile,
@@ -64,13 +66,40 @@ def merge_on_read(table: Table) -> bool:
     return mode == "merge-on-read"
 
 
-class _DeleteManifestWriter(ManifestWriterV2):
+class DeleteManifestWriter(ManifestWriterV2):
+    """A v2 manifest of delete files (pyiceberg writes data manifests only)."""
+
     def content(self) -> ManifestContent:
         return ManifestContent.DELETES
 
     @property
     def _meta(self) -> dict[str, str]:
         return {**super()._meta, "content": "deletes"}
+
+
+def write_position_deletes(
+    io: FileIO, location: str, data_file: DataFile, positions: Sequence[int] | np.ndarray[Any, Any]
+) -> DataFile:
+    """Write a position-delete file for rows of one data file, as Spark does; returns its DataFile."""
+    path = f"{location}/data/{uuid.uuid4()}-deletes.parquet"
+    body = pa.table(
+        {"file_path": pa.array([data_file.file_path] * len(positions)), "pos": pa.array(np.sort(positions))},
+        schema=_DELETE_SCHEMA,
+    )
+    with io.new_output(path).create(overwrite=True) as stream:
+        pq.write_table(body, stream)
+    delete_file = DataFile.from_args(
+        content=DataFileContent.POSITION_DELETES,
+        file_path=path,
+        file_format=FileFormat.PARQUET,
+        partition=data_file.partition,
+        record_count=len(positions),
+        file_size_in_bytes=len(io.new_input(path)),
+        lower_bounds={FILE_PATH_ID: data_file.file_path.encode()},
+        upper_bounds={FILE_PATH_ID: data_file.file_path.encode()},
+    )
+    delete_file.spec_id = data_file.spec_id
+    return delete_file
 
 
 def matched_positions(table: Table, task: FileScanTask, keys: pa.Table) -> np.ndarray[Any, Any]:
@@ -124,32 +153,14 @@ def stage_merge_on_read(
         manifests.append(writer.to_manifest_file())
 
     delete_files: dict[int, list[DataFile]] = {}
-    for data_path, (data_file, positions) in deletes.items():
-        if not len(positions):
-            continue
-        path = f"{location}/data/{uuid.uuid4()}-deletes.parquet"
-        body = pa.table(
-            {"file_path": pa.array([data_path] * len(positions)), "pos": pa.array(np.sort(positions))},
-            schema=_DELETE_SCHEMA,
-        )
-        with table.io.new_output(path).create(overwrite=True) as stream:
-            pq.write_table(body, stream)
-        delete_file = DataFile.from_args(
-            content=DataFileContent.POSITION_DELETES,
-            file_path=path,
-            file_format=FileFormat.PARQUET,
-            partition=data_file.partition,
-            record_count=len(positions),
-            file_size_in_bytes=len(table.io.new_input(path)),
-            lower_bounds={FILE_PATH_ID: data_path.encode()},
-            upper_bounds={FILE_PATH_ID: data_path.encode()},
-        )
-        delete_file.spec_id = data_file.spec_id
-        delete_files.setdefault(data_file.spec_id, []).append(delete_file)
+    for data_file, positions in deletes.values():
+        if len(positions):
+            delete_file = write_position_deletes(table.io, location, data_file, positions)
+            delete_files.setdefault(data_file.spec_id, []).append(delete_file)
     for spec_id, files in delete_files.items():
         path = f"{location}/metadata/{uuid.uuid4()}-deletes-m0.avro"
         spec = metadata.specs()[spec_id]
-        delete_writer = _DeleteManifestWriter(spec, schema, table.io.new_output(path), snapshot_id, codec)
+        delete_writer = DeleteManifestWriter(spec, schema, table.io.new_output(path), snapshot_id, codec)
         with delete_writer:
             for delete_file in files:
                 delete_writer.add(added_entry(snapshot_id, delete_file))

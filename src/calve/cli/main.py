@@ -557,42 +557,26 @@ def _render_playback(console: Console, report: dict[str, Any]) -> None:
         "wall s",
         "calve / lookback CPU",
     )
-    rows = [(stage, figures) for stage, figures in report["stages"].items()]
     labels = {"daily": "1: events → daily", "agg": "2: daily → agg"}
-    for stage, figures in rows:
+    groups: list[tuple[str, dict[str, Any], str | None]] = [
+        (labels.get(stage, stage), figures, None) for stage, figures in report["stages"].items()
+    ]
+    groups.append(("total", {**report["total"], "cpu_ratio": report["cpu_ratio"]}, "bold"))
+    for label, figures, style in groups:
         for pipeline in ("lookback", "calve"):
             cost = figures[pipeline]
-            share = (
-                f"{figures['cpu_ratio']:.0%}"
-                if pipeline == "calve" and figures["cpu_ratio"] is not None
-                else ""
-            )
+            ratio = figures["cpu_ratio"]
             grid.add_row(
-                labels.get(stage, stage) if pipeline == "lookback" else "",
+                label if pipeline == "lookback" else "",
                 pipeline,
                 f"{cost['rows_read']:,}",
                 human_bytes(cost["bytes_read"]),
                 f"{cost['rows_written']:,}",
                 f"{cost['cpu_s']:.2f}",
                 f"{cost['wall_s']:.2f}",
-                share,
+                f"{ratio:.0%}" if pipeline == "calve" and ratio is not None else "",
+                style=style,
             )
-    for pipeline in ("lookback", "calve"):
-        cost = report["total"][pipeline]
-        share = (
-            f"{report['cpu_ratio']:.0%}" if pipeline == "calve" and report["cpu_ratio"] is not None else ""
-        )
-        grid.add_row(
-            "total" if pipeline == "lookback" else "",
-            pipeline,
-            f"{cost['rows_read']:,}",
-            human_bytes(cost["bytes_read"]),
-            f"{cost['rows_written']:,}",
-            f"{cost['cpu_s']:.2f}",
-            f"{cost['wall_s']:.2f}",
-            share,
-            style="bold",
-        )
     console.print(grid)
     accuracy = report["accuracy"]
     for pipeline in ("calve", "lookback"):

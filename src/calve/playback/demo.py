@@ -24,7 +24,7 @@ from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceErr
 
 from calve.engines import DuckDBEngine
 from calve.errors import CalveError
-from calve.icdc import ICDC_NAMESPACE, drop_icdc_table
+from calve.icdc import ICDC_NAMESPACE, drop_icdc_table, is_icdc_table
 from calve.playback.data import EVENTS_SCHEMA, EVENTS_SPEC, PlaybackConfig, PlaybackGenerator
 from calve.state import RunStatus, StateStore
 from calve.workflows.runner import Runner
@@ -121,7 +121,10 @@ def reset_tables(catalog: Catalog) -> None:
     except NoSuchNamespaceError:
         pass
     for identifier in existing:
-        catalog.purge_table(identifier)
+        if is_icdc_table(catalog.load_table(identifier)):  # never: it would delete a source's files
+            catalog.drop_table(identifier)
+        else:
+            catalog.purge_table(identifier)
     catalog.create_table(
         SOURCE, schema=EVENTS_SCHEMA, partition_spec=EVENTS_SPEC, properties={DEMO_PROPERTY: "playback"}
     )
@@ -179,8 +182,8 @@ def run_playback(
             mark_tables(catalog)
     mark_tables(catalog)
     progress(config.days, config.days, "comparing with a from-scratch recomputation")
-    accuracy = compare_with_recomputation(catalog)
-    events = catalog.load_table(SOURCE).scan(selected_fields=("event_day", "ingest_day")).to_arrow()
+    events = catalog.load_table(SOURCE).scan().to_arrow()  # read once: the truth and the lags
+    accuracy = compare_with_recomputation(catalog, events)
     con = duckdb.connect()
     con.register("events", events)
     (lags,) = con.sql(

@@ -312,19 +312,16 @@ class Runner:
         took = record.finished_at - (record.started_at or record.created_at)
         self.progress(f"run {record.run_id} {status.value} in {took:.1f}s" + (f": {error}" if error else ""))
 
-    @staticmethod
-    def _succeeded_steps_of(records: list[StepRunRecord]) -> set[str]:
+    def _succeeded_steps(self, previous: RunRecord) -> set[str]:
+        """Steps whose every iteration succeeded (or had nothing to do) in `previous`."""
         by_step: dict[str, list[StepRunRecord]] = {}
-        for r in records:
+        for r in self.state.step_runs(previous.run_id):
             by_step.setdefault(r.step_id, []).append(r)
         return {
             step
             for step, rs in by_step.items()
             if all(r.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) for r in rs)
         }
-
-    def _succeeded_steps(self, previous: RunRecord) -> set[str]:
-        return self._succeeded_steps_of(self.state.step_runs(previous.run_id))
 
     def _pin_sources(self, workflow: Workflow) -> dict[str, Any]:
         pins: dict[str, Any] = {}
@@ -484,8 +481,16 @@ class Runner:
         snapshot = table.current_snapshot()
         pins[step.output.table] = snapshot.snapshot_id if snapshot else None
 
-    def _pending(self, workflow: Workflow, step: StepSpec, spec: InputSpec, until: int | None) -> ChangeSet:
-        source = load_table(self.catalog, spec.table)
+    def _pending(
+        self,
+        workflow: Workflow,
+        step: StepSpec,
+        spec: InputSpec,
+        until: int | None,
+        source: Table | None = None,
+    ) -> ChangeSet:
+        """The changes of an input since the step's checkpoint (in its output table) up to `until`."""
+        source = source or load_table(self.catalog, spec.table)
         consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
         assert step.output is not None
         try:
@@ -567,7 +572,7 @@ class Runner:
                 snapshots[spec.alias] = {"table": spec.table, "snapshot_id": until}
                 continue
 
-            change_set = self._pending(workflow, step, spec, until)
+            change_set = self._pending(workflow, step, spec, until, source)
             prepared.changes[spec.alias] = change_set
             prepared.params[f"{spec.alias}_from_snapshot_id"] = change_set.from_snapshot_id_exclusive
             snapshots[spec.alias] = {

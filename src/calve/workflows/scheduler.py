@@ -173,7 +173,10 @@ class Scheduler:
         until = snapshot.snapshot_id if snapshot else None
         for step in workflow.steps:
             for spec in step.incremental_inputs:
-                if spec.table == source and not self.runner._pending(workflow, step, spec, until).is_empty:
+                if (
+                    spec.table == source
+                    and not self.runner._pending(workflow, step, spec, until, table).is_empty
+                ):
                     return True
         return False
 

@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import re
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,6 @@ class Workflow:
     params: tuple[ParamSpec, ...]
     triggers: tuple[TriggerSpec, ...]
     steps: tuple[StepSpec, ...]  # in a valid run order (dependencies first)
-    consumer_prefix: str = field(default="")
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:
