@@ -22,9 +22,9 @@ from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import Operation, Snapshot, Summary
 from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
 
-from calve.compaction import ReplaceFiles
-from calve.icdc import added_entry
-from calve.mor import DeleteManifestWriter, write_position_deletes
+from calve.capture.icdc import added_entry
+from calve.write.compaction import ReplaceFiles
+from calve.write.mor import DeleteManifestWriter, write_position_deletes
 
 
 def delete_positions(table: Table, positions: dict[str, list[int]], operation: str = "delete") -> int:

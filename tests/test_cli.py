@@ -135,8 +135,8 @@ def test_demo_compares_both_pipelines_and_prints_the_figures_scripts_use(home: P
 
 
 def test_compact_folds_small_files_and_changes_nothing_for_consumers(home: Path) -> None:
+    from calve.capture.changes import capture_changes
     from calve.catalog import embedded_catalog
-    from calve.changes import capture_changes
 
     catalog = embedded_catalog(home)
     catalog.create_namespace("db")

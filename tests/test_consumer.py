@@ -34,7 +34,7 @@ def test_commit_advances_checkpoint_with_output(catalog: SqlCatalog) -> None:
     assert consumer.checkpoint(target, source).snapshot_id == source.current_snapshot().snapshot_id
     assert consumer.pending(source, target).snapshots == ()
     summary = target.current_snapshot().summary
-    assert summary["calve.consumer"] == "copier"
+    assert summary["calve.write.consumer"] == "copier"
     assert str(source.current_snapshot().snapshot_id) in summary["calve.checkpoint"]
     (record,) = StateStore().checkpoints("copier")
     assert record.snapshot_id == source.current_snapshot().snapshot_id

@@ -51,7 +51,7 @@ def test_icdc_table_references_exactly_the_appended_files_without_copying(
     assert planned == {f.path for f in changes.added_files}
     assert Counter(icdc.scan().to_arrow().column("id").to_pylist()) == Counter(range(5, 9))
     assert (result.files, result.records) == (2, 4)
-    assert icdc.properties["calve.icdc"] == "true"
+    assert icdc.properties["calve.capture.icdc"] == "true"
     assert icdc.properties["gc.enabled"] == "false"
     # any Iceberg reader can open it from the metadata file alone
     static = StaticTable.from_metadata(result.metadata_location)

@@ -9,9 +9,9 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
-from calve.consumer import Consumer
 from calve.errors import CalveError
-from calve.workflows.tables import load_or_create
+from calve.write.consumer import Consumer
+from calve.write.tables import load_or_create
 
 DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=d) for d in range(10)]
 
@@ -86,8 +86,8 @@ def test_merge_deletes_and_refuses_duplicate_or_null_keys(catalog: SqlCatalog) -
 def test_merge_on_read_gives_the_same_table_as_copy_on_write_and_writes_only_deletes(
     catalog: SqlCatalog,
 ) -> None:
-    from calve.changelog import compute_changelog
-    from calve.changes import capture_changes
+    from calve.capture.changelog import compute_changelog
+    from calve.capture.changes import capture_changes
 
     schema = daily(range(1), DAYS[:1], 0).schema
     cow = load_or_create(catalog, "db.cow", schema, ("day",))

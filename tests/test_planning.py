@@ -15,8 +15,8 @@ from pyiceberg.expressions import AlwaysTrue, EqualTo, GreaterThanOrEqual
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.transforms import IdentityTransform
 
-from calve.merge import plan_key_files, read_key_files
-from calve.planning import plan_files, read_files
+from calve.read.planning import plan_files, read_files
+from calve.write.merge import plan_key_files, read_key_files
 from tests.conftest import ICEBERG_EVENTS, events
 from tests.iceberg_writers import delete_positions
 

@@ -22,8 +22,8 @@ from pyiceberg.table import Table
 from pyiceberg.types import StringType
 
 from calve import capture_changes, compute_changelog, create_icdc_table
+from calve.capture.changelog import read_tasks, snapshot_schema
 from calve.catalog import embedded_catalog
-from calve.changelog import read_tasks, snapshot_schema
 from tests.conftest import EVENTS
 from tests.iceberg_writers import compact, delete_positions
 

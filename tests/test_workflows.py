@@ -14,11 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from calve.consumer import Consumer
+from calve.errors import RunLockedError, WorkflowError
 from calve.project import Project, init_project
 from calve.state import RunStatus
-from calve.workflows.runner import RunLockedError, Runner
-from calve.workflows.spec import WorkflowError
+from calve.workflows.runner import Runner
+from calve.write.consumer import Consumer
 from tests.shop import CLEAN_EVENTS, Shop, create_shop, recompute, rows
 
 WORKER = Path(__file__).with_name("workflow_worker.py")

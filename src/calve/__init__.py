@@ -5,10 +5,11 @@ tables, consumers that commit their output together with their checkpoint (exact
 workflows (projects of YAML + SQL files) with triggers, recorded runs and a scheduler.
 """
 
+from calve.capture.changelog import Changelog, compute_changelog
+from calve.capture.changes import ChangeSet, FileChange, Operation, SnapshotChange, capture_changes
+from calve.capture.icdc import IcdcTable, cleanup_icdc_tables, create_icdc_table, drop_icdc_table
+from calve.capture.ranges import ColumnRange, change_ranges
 from calve.catalog import embedded_catalog, load_table, open_catalog
-from calve.changelog import Changelog, compute_changelog
-from calve.changes import ChangeSet, FileChange, Operation, SnapshotChange, capture_changes
-from calve.consumer import Checkpoint, CommitResult, Consumer
 from calve.errors import (
     CalveError,
     CheckpointConflictError,
@@ -19,13 +20,14 @@ from calve.errors import (
     SnapshotError,
     SnapshotNotFoundError,
     TableNotFoundError,
+    WorkflowError,
 )
-from calve.icdc import IcdcTable, cleanup_icdc_tables, create_icdc_table, drop_icdc_table
 from calve.project import Project, init_project, open_project
-from calve.ranges import ColumnRange, change_ranges
 from calve.state import RunStatus, StateStore
+from calve.workflows.loader import load_workflow
+from calve.workflows.model import Workflow
 from calve.workflows.runner import Runner, RunResult, StepContext
-from calve.workflows.spec import Workflow, WorkflowError, load_workflow
+from calve.write.consumer import Checkpoint, CommitResult, Consumer
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m calve ...` is the `calve` command."""
 
-from calve.cli.main import main
+from calve.cli.app import main
 
 main()

@@ -19,9 +19,12 @@ from pyiceberg.catalog import Catalog
 
 from calve.catalog import embedded_catalog, open_catalog
 from calve.engines import Engine, get_engine
-from calve.errors import ConfigError
+from calve.errors import ConfigError, WorkflowError, did_you_mean
 from calve.state import StateStore
-from calve.workflows.spec import Workflow, WorkflowError, _Checker, _suggest, load_workflow, parse_duration
+from calve.workflows.checker import Checker
+from calve.workflows.loader import load_workflow
+from calve.workflows.model import Workflow
+from calve.workflows.values import parse_duration
 from calve.workflows.yamlfile import load_yaml
 
 PROJECT_FILE = "calve.yaml"
@@ -144,7 +147,7 @@ class Project:
         if workflow_id not in workflows:
             raise ConfigError(
                 f"no workflow {workflow_id!r} in {self.settings.workflows}"
-                f"{_suggest(workflow_id, workflows)}; "
+                f"{did_you_mean(workflow_id, workflows)}; "
                 f"workflows: {', '.join(sorted(workflows)) or '(none: add a .yaml file)'}"
             )
         return workflows[workflow_id]
@@ -155,7 +158,7 @@ def _load_settings(root: Path) -> Settings:
     raw: dict[str, object] = {}
     if path.is_file():
         doc = load_yaml(path)
-        checker = _Checker(doc, root)
+        checker = Checker(doc, root)
         raw = checker.mapping(
             doc.value if doc.value is not None else {},
             (),

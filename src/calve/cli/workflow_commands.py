@@ -12,12 +12,11 @@ import click
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from calve.cli.main import Context, cli, handle_errors, json_option
+from calve.cli.app import Context, cli, handle_errors, json_option
 from calve.cli.output import Output, human_bytes
-from calve.errors import CalveError
+from calve.errors import CalveError, WorkflowError
 from calve.state import RunStatus
 from calve.workflows.runner import Runner
-from calve.workflows.spec import WorkflowError
 
 STATUS_STYLE = {
     "succeeded": "green",

@@ -22,13 +22,14 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceError, NoSuchTableError
 
-from calve.engines import DuckDBEngine
+from calve.capture.icdc import ICDC_NAMESPACE, drop_icdc_table, is_icdc_table
+from calve.engines.duckdb import DuckDBEngine
 from calve.errors import CalveError
-from calve.icdc import ICDC_NAMESPACE, drop_icdc_table, is_icdc_table
 from calve.playback.data import EVENTS_SCHEMA, EVENTS_SPEC, PlaybackConfig, PlaybackGenerator
 from calve.state import RunStatus, StateStore
+from calve.workflows.loader import load_workflow
+from calve.workflows.model import Workflow
 from calve.workflows.runner import Runner
-from calve.workflows.spec import Workflow, load_workflow
 
 PIPELINE = Path(__file__).resolve().parent / "pipeline"
 NAMESPACE = "playback"

@@ -56,19 +56,16 @@ from pyiceberg.expressions import (
 from pyiceberg.table import Table
 
 from calve import _faults
+from calve.capture.changelog import compute_changelog, read_tasks, snapshot_schema
+from calve.capture.changes import ChangeSet, capture_changes
+from calve.capture.icdc import IcdcTable
+from calve.capture.ranges import ColumnRange, change_ranges
 from calve.catalog import load_table
-from calve.changelog import compute_changelog, read_tasks, snapshot_schema
-from calve.changes import ChangeSet, capture_changes
-from calve.compaction import compact
-from calve.consumer import Consumer
-from calve.engines import Engine, SqlError
-from calve.errors import CalveError, RowLevelChangesError
-from calve.icdc import IcdcTable
-from calve.merge import plan_key_files, read_key_files
-from calve.planning import plan_files, read_files
-from calve.ranges import ColumnRange, change_ranges
+from calve.engines import Engine
+from calve.errors import CalveError, RowLevelChangesError, RunLockedError, SqlError, StepFailedError
+from calve.read.planning import plan_files, read_files
 from calve.state import RunRecord, RunStatus, StateStore, StepRunRecord
-from calve.workflows.spec import (
+from calve.workflows.model import (
     InputColumnRef,
     InputSpec,
     ParamRef,
@@ -79,19 +76,12 @@ from calve.workflows.spec import (
     Workflow,
     WriteMode,
 )
-from calve.workflows.tables import conform, load_or_create
+from calve.write.compaction import compact
+from calve.write.consumer import Consumer
+from calve.write.merge import plan_key_files, read_key_files
+from calve.write.tables import conform, load_or_create
 
 HEARTBEAT_S = 15.0
-
-
-class RunLockedError(CalveError):
-    """Another run of the workflow holds its lock."""
-
-    transient = True
-
-
-class StepFailedError(CalveError):
-    """A step failed; the run recorded the failure and committed nothing for this step."""
 
 
 @dataclass

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from calve.errors import CalveError
+from calve.errors import CalveError, RunLockedError
 from calve.project import Project
 from calve.state import RunStatus
-from calve.workflows.runner import RunLockedError, Runner, RunResult
-from calve.workflows.spec import TriggerKind, TriggerSpec, Workflow
+from calve.workflows.model import TriggerKind, TriggerSpec, Workflow
+from calve.workflows.runner import Runner, RunResult
 from calve.workflows.triggers import CronExpression, interval_slot, parse_slot, slot_key
 
 UTC = dt.UTC

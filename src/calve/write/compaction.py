@@ -20,7 +20,7 @@ from pyiceberg.table.refs import MAIN_BRANCH
 from pyiceberg.table.snapshots import Operation, Summary
 from pyiceberg.table.update.snapshot import _OverwriteFiles
 
-from calve.planning import plan_files, read_files
+from calve.read.planning import plan_files, read_files
 
 DEFAULT_SMALL_FILE_BYTES = 32 << 20
 DEFAULT_MIN_FILES = 4

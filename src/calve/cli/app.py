@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from calve import __version__
+from calve.capture.changelog import compute_changelog
+from calve.capture.changes import ChangeSet, capture_changes
+from calve.capture.icdc import create_icdc_table
+from calve.capture.ranges import change_ranges
 from calve.catalog import load_table, open_catalog
-from calve.changelog import compute_changelog
-from calve.changes import ChangeSet, capture_changes
 from calve.cli.output import Output, human_bytes
 from calve.errors import CalveError
-from calve.icdc import create_icdc_table
-from calve.ranges import change_ranges
 from calve.state import StateStore
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def _resolve_since(ctx: Context, table_name: str, since: str | None, consumer: s
         raise click.UsageError("give --since or --consumer, not both")
     if consumer is None:
         return _snapshot_id(since)
-    from calve.consumer import Consumer
+    from calve.write.consumer import Consumer
 
     records = [r for r in ctx.state.checkpoints(consumer) if r.source_table == table_name]
     if not records:
@@ -367,8 +367,8 @@ def compact(ctx: Context, table: str, small: str, min_files: int, json_mode: boo
       calve compact playback.daily_calve --small-file-size 1MiB --min-files 8
       calve compact db.events --json
     """
-    from calve.compaction import compact as compact_table
-    from calve.workflows.spec import parse_size
+    from calve.workflows.values import parse_size
+    from calve.write.compaction import compact as compact_table
 
     try:
         small_bytes = parse_size(small)
@@ -604,7 +604,7 @@ def main() -> None:
     cli(prog_name="calve")
 
 
-if __name__ == "__main__":  # run as a script, this file is not calve.cli.main: use the real module
-    from calve.cli.main import main as _main
+if __name__ == "__main__":  # run as a script, this file is not calve.cli.app: use the real module
+    from calve.cli.app import main as _main
 
     _main()

@@ -5,7 +5,7 @@ table it writes, and advances in the same atomic Iceberg commit as its output:
 
 - the table property `calve.checkpoint.<consumer>` holds the checkpoints as JSON (it survives
   snapshot expiry and is read in O(1));
-- the committed snapshot's summary carries `calve.consumer` and `calve.checkpoint` (the audit trail).
+- the committed snapshot's summary carries `calve.write.consumer` and `calve.checkpoint` (the audit trail).
 
 A crash before the commit leaves both the output and the checkpoint as they were; a crash after it
 leaves both advanced. The commit also asserts, inside the catalog's compare-and-swap, that the
@@ -40,15 +40,15 @@ from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import ValidatableTableRequirement
 
 from calve import _faults
-from calve.changes import ChangeSet, capture_changes
+from calve.capture.changes import ChangeSet, capture_changes
+from calve.capture.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
 from calve.errors import CalveError, CheckpointConflictError
-from calve.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
-from calve.merge import MergePlan, plan_merge
-from calve.mor import stage_merge_on_read
 from calve.state import CheckpointRecord, StateStore
+from calve.write.merge import MergePlan, plan_merge
+from calve.write.mor import stage_merge_on_read
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
-SUMMARY_CONSUMER = "calve.consumer"
+SUMMARY_CONSUMER = "calve.write.consumer"
 SUMMARY_CHECKPOINT = "calve.checkpoint"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,127}$")
 

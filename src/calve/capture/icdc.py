@@ -4,7 +4,7 @@ An ICDC table is a real Iceberg table, readable by any Iceberg engine from its m
 metadata is a clone of the source's (schemas with their field ids, partition specs, sort orders,
 properties such as the name mapping) with one snapshot whose manifests reference the source's data
 files: no data file is read or written. The source keeps owning the files: the ICDC table carries
-`gc.enabled=false` and `calve.icdc=true`, calve never purges it, and dropping it deletes only the
+`gc.enabled=false` and `calve.capture.icdc=true`, calve never purges it, and dropping it deletes only the
 ICDC table's own metadata files.
 """
 
@@ -41,11 +41,11 @@ from pyiceberg.table.snapshots import (
     update_snapshot_summaries,
 )
 
-from calve.changes import ChangeSet, FileChange
+from calve.capture.changes import ChangeSet, FileChange
 from calve.errors import CalveError, NotAnIcdcTableError, RowLevelChangesError
 
 ICDC_NAMESPACE = "calve_icdc"
-ICDC_PROPERTY = "calve.icdc"
+ICDC_PROPERTY = "calve.capture.icdc"
 SOURCE_PROPERTY = "calve.icdc.source"
 SOURCE_UUID_PROPERTY = "calve.icdc.source-uuid"
 FROM_PROPERTY = "calve.icdc.from-snapshot-id"

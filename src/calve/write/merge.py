@@ -34,10 +34,10 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import NestedField
 
+from calve.capture.ranges import file_bounds
 from calve.errors import CalveError
-from calve.mor import matched_positions, merge_on_read
-from calve.planning import plan_files, read_files
-from calve.ranges import file_bounds
+from calve.read.planning import plan_files, read_files
+from calve.write.mor import matched_positions, merge_on_read
 
 ALWAYS_TRUE = AlwaysTrue()
 IN_LIST_LIMIT = 1000  # distinct values per key column above which planning uses a min..max range

@@ -1,40 +1,18 @@
-"""SQL engines: what runs a workflow's SQL steps. The embedded default is DuckDB, in process.
+"""The embedded engine: DuckDB in process, over Arrow tables it scans without copying.
 
-An engine receives the step's inputs as named Arrow tables and its parameters as values, and returns
-the result as an Arrow table. Values are always bound as parameters (`$name` in the SQL), never
-pasted into the text; inputs are registered under their validated names. pyiceberg plans every scan
-and does every commit, whatever the engine.
-
-Other engines plug in through the `calve.engines` entry point group (name -> Engine class).
+Statements are split by DuckDB's own parser; every `$name` is bound as a parameter, never pasted into
+the text; errors keep DuckDB's LINE position, mapped back to the statement's place in the SQL text.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any
 
 import pyarrow as pa
 
-from calve.errors import CalveError, ConfigError
-
-
-class SqlError(CalveError):
-    """The engine rejected a step's SQL; `line` is 1-based within the SQL text, when the engine says."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.engine_message = message
-        self.line = line
-
-
-class Engine(Protocol):
-    name: str
-
-    def run(self, sql: str, relations: dict[str, pa.Table], params: dict[str, Any]) -> pa.Table | None:
-        """Run `sql` (one or more statements; the last one's rows are the result) over `relations`."""
-        ...
+from calve.errors import SqlError
 
 
 @dataclass(frozen=True)
@@ -125,17 +103,3 @@ def _positioned(con: Any, text: str, params: dict[str, Any], message: str) -> st
     except duckdb.Error as exc:
         return str(exc)
     return message
-
-
-def get_engine(name: str) -> Engine:
-    """The engine called `name`: built in (duckdb) or registered under the `calve.engines` entry points."""
-    if name == "duckdb":
-        return DuckDBEngine()
-    for entry in entry_points(group="calve.engines"):
-        if entry.name == name:
-            engine: Engine = entry.load()()
-            return engine
-    available = ["duckdb", *(e.name for e in entry_points(group="calve.engines"))]
-    raise ConfigError(
-        f"no engine named {name!r}; available: {', '.join(available)} (set engine: in calve.yaml)"
-    )

@@ -31,7 +31,7 @@ from pyiceberg.types import (
     TimeType,
 )
 
-from calve.changes import ChangeSet, FileChange
+from calve.capture.changes import ChangeSet, FileChange
 from calve.errors import CalveError
 
 # pyiceberg's default `write.metadata.metrics.default` is truncate(16)

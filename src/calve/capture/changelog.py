@@ -24,8 +24,8 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
-from calve.changes import ChangeSet
-from calve.planning import plan_files
+from calve.capture.changes import ChangeSet
+from calve.read.planning import plan_files
 
 CHANGE_TYPE_COLUMN = "_change_type"
 INSERT = "insert"

@@ -1,4 +1,4 @@
-"""Workflow files: loading and validating `workflows/*.yaml` into plain, frozen specs.
+"""Loading workflow files: YAML into a validated `Workflow`, every problem reported at once.
 
 Everything is checked before anything runs, and every problem is reported at once, each naming the
 file, the line, the key, what is wrong and how to fix it (unknown keys get a "did you mean").
@@ -7,465 +7,50 @@ The format is documented in docs/workflows.md; this module is its executable def
 
 from __future__ import annotations
 
-import datetime as dt
-import difflib
 import hashlib
 import re
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from calve.errors import ConfigError
-from calve.workflows.yamlfile import YamlDocument, load_yaml
-
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from calve.errors import WorkflowError, did_you_mean
+from calve.workflows.checker import Checker
+from calve.workflows.model import (
+    FILTER_OPS,
+    Compaction,
+    Foreach,
+    InputColumnRef,
+    InputSpec,
+    OutputSpec,
+    ParamRef,
+    ParamSpec,
+    Predicate,
+    ReadKind,
+    StepKind,
+    StepSpec,
+    TriggerKind,
+    TriggerSpec,
+    Workflow,
+    WriteMode,
+)
+from calve.workflows.values import PARAM_TYPE_NAMES, RELATIVE_DATE, parse_duration, parse_size
+from calve.workflows.yamlfile import load_yaml
 
 RUN_PARAMS = ("run_id", "workflow", "step", "trigger", "logical_date")
-# words from other tools that mean one of ours
-SYNONYMS = {"upsert": "merge", "insert": "append", "replace": "overwrite", "changes": "icdc", "full": "table"}
-
-
-class WorkflowError(ConfigError):
-    """One or more workflow files are invalid; the message lists every problem with file:line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        count = f"{len(problems)} problem(s)" if len(problems) > 1 else "1 problem"
-        super().__init__(f"invalid workflow ({count}):\n  " + "\n  ".join(problems))
-
-
-class ReadKind(StrEnum):
-    """How a step reads one input table."""
-
-    ICDC = "icdc"  # the pending appended rows, through the published zero-copy ICDC table
-    INSERTED = "inserted"  # the rows inserted since the checkpoint (any kind of snapshot)
-    CHANGELOG = "changelog"  # inserted and deleted rows, with a _change_type column
-    KEYS = "keys"  # the distinct values of `keys` over inserted and deleted rows
-    RANGES = "ranges"  # no rows: only the change ranges of `ranges` columns (and the checkpoint)
-    TABLE = "table"  # the whole table (optionally filtered), pinned at one snapshot for the run
-
-    @property
-    def incremental(self) -> bool:
-        return self is not ReadKind.TABLE
-
-
-class WriteMode(StrEnum):
-    APPEND = "append"
-    MERGE = "merge"
-    OVERWRITE = "overwrite"
-
-
-class StepKind(StrEnum):
-    SQL = "sql"
-    PYTHON = "python"
-    ICDC = "icdc"
-    COMPACT = "compact"
-
-
-class TriggerKind(StrEnum):
-    CRON = "cron"
-    INTERVAL = "interval"
-    INCREMENTAL = "incremental"
-
-
-PARAM_TYPES: dict[str, Callable[[Any], Any]] = {}
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
-
-
-def _to_date(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value).strip())
-
-
-def _to_timestamp(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day)
-    return dt.datetime.fromisoformat(str(value).strip())
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
-    return int(value)
-
-
-PARAM_TYPES.update(
-    {
-        "string": lambda v: v if isinstance(v, str) else str(v),
-        "int": _to_int,
-        "float": float,
-        "bool": _to_bool,
-        "date": _to_date,
-        "timestamp": _to_timestamp,
-    }
-)
-PARAM_TYPE_NAMES = [*PARAM_TYPES, *(f"list[{t}]" for t in PARAM_TYPES)]
-
-
-RELATIVE_DATE = re.compile(r"^\s*logical_date\s*(?:([+-])\s*(\w+)\s*(?:days?)?)?\s*$")
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    type: str
-    default: Any = None
-    required: bool = False
-    description: str = ""
-
-    @property
-    def relative_default(self) -> tuple[int, str] | None:
-        """A date default written `logical_date - N days` (N a number or an int param): (sign, N)."""
-        if self.type != "date" or not isinstance(self.default, str):
-            return None
-        match = RELATIVE_DATE.match(self.default)
-        if not match:
-            return None
-        sign, amount = match.groups()
-        return (-1 if sign == "-" else 1, amount or "0")
-
-    def parse(self, value: Any) -> Any:
-        """Convert a value from YAML or from `--param k=v` to this param's type."""
-        if self.type.startswith("list["):
-            item = PARAM_TYPES[self.type[5:-1]]
-            if isinstance(value, str):
-                value = [v for v in (p.strip() for p in value.split(",")) if v]
-            if not isinstance(value, list):
-                raise ValueError(f"{value!r} is not a list (give a YAML list, or comma-separated values)")
-            return [item(v) for v in value]
-        return PARAM_TYPES[self.type](value)
-
-
-# Filters: {column: {op: value}}; a value is a literal, `$param`, or `$input.column` (its distinct values).
-FILTER_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "between", "in", "is_null", "not_null")
-
-
-@dataclass(frozen=True)
-class ParamRef:
-    name: str
-
-
-@dataclass(frozen=True)
-class InputColumnRef:
-    alias: str
-    column: str
-
-
-FilterValue = Any  # a literal, ParamRef or InputColumnRef (or a list of them for `between`)
-
-
-@dataclass(frozen=True)
-class Predicate:
-    column: str
-    op: str
-    value: FilterValue = None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    alias: str
-    table: str
-    read: ReadKind
-    keys: tuple[str, ...] = ()
-    ranges: tuple[str, ...] = ()
-    filter: tuple[Predicate, ...] = ()
-    columns: tuple[str, ...] = ()  # projection (all columns when empty)
-    match: str | None = None  # another input whose key tuples this one's rows must have
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    table: str
-    mode: WriteMode
-    keys: tuple[str, ...] = ()
-    delete_column: str | None = None
-    filter: tuple[Predicate, ...] = ()
-    partition_by: tuple[str, ...] = ()
-    properties: tuple[tuple[str, str], ...] = ()  # table properties set when the table is created
-    sort_by: tuple[str, ...] = ()  # rows are written in this order (narrow file and row-group bounds)
-
-
-@dataclass(frozen=True)
-class Foreach:
-    param: str
-    alias: str
-
-
-@dataclass(frozen=True)
-class Compaction:
-    table: str
-    small_file_bytes: int
-    min_files: int
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    id: str
-    kind: StepKind
-    inputs: tuple[InputSpec, ...] = ()
-    output: OutputSpec | None = None
-    depends_on: tuple[str, ...] = ()
-    sql: str | None = None
-    sql_origin: tuple[Path, int] | None = None  # the file and line where the SQL text starts
-    python: str | None = None
-    icdc_for: str | None = None
-    compact: Compaction | None = None
-    foreach: Foreach | None = None
-    description: str = ""
-
-    @property
-    def incremental_inputs(self) -> tuple[InputSpec, ...]:
-        return tuple(i for i in self.inputs if i.read.incremental)
-
-
-@dataclass(frozen=True)
-class TriggerSpec:
-    kind: TriggerKind
-    cron: str | None = None
-    interval_s: int | None = None
-    sources: tuple[str, ...] = ()
-    when: str = "any"
-    min_interval_s: int = 0
-
-    @property
-    def key(self) -> str:
-        """Stable name of this trigger, used for its scheduling state."""
-        if self.kind is TriggerKind.CRON:
-            return f"cron:{self.cron}"
-        if self.kind is TriggerKind.INTERVAL:
-            return f"interval:{self.interval_s}s"
-        return f"incremental:{self.when}:{','.join(self.sources)}"
-
-
-@dataclass(frozen=True)
-class Workflow:
-    id: str
-    path: Path
-    version: str
-    description: str
-    params: tuple[ParamSpec, ...]
-    triggers: tuple[TriggerSpec, ...]
-    steps: tuple[StepSpec, ...]  # in a valid run order (dependencies first)
-
-    def step(self, step_id: str) -> StepSpec:
-        for step in self.steps:
-            if step.id == step_id:
-                return step
-        raise ConfigError(
-            f"workflow {self.id!r} has no step {step_id!r}{_suggest(step_id, [s.id for s in self.steps])}"
-        )
-
-    def param(self, name: str) -> ParamSpec | None:
-        return next((p for p in self.params if p.name == name), None)
-
-    def consumer_name(self, step: StepSpec) -> str:
-        """The consumer whose checkpoints a step commits into its output table."""
-        return f"{self.id}-{step.id}"
-
-    def resolve_params(self, given: dict[str, Any], logical_date: dt.date | None = None) -> dict[str, Any]:
-        """Typed values of every param: the given ones (strings from the CLI are parsed) or defaults.
-
-        A date default written `logical_date - N days` is computed from the run's logical date.
-        """
-        unknown = [k for k in given if self.param(k) is None]
-        if unknown:
-            names = [p.name for p in self.params]
-            raise ConfigError(
-                f"workflow {self.id!r} has no param {unknown[0]!r}{_suggest(unknown[0], names)}; "
-                f"its params are: {', '.join(names) or '(none)'}"
-            )
-        values: dict[str, Any] = {}
-        for param in self.params:
-            if param.name in given:
-                try:
-                    values[param.name] = param.parse(given[param.name])
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(
-                        f"param {param.name!r} of workflow {self.id!r} must be a {param.type}: {exc}"
-                    ) from None
-            elif param.required:
-                raise ConfigError(
-                    f"workflow {self.id!r} needs param {param.name!r} ({param.type}): "
-                    f"pass --param {param.name}=VALUE"
-                )
-            else:
-                values[param.name] = param.default
-        for param in self.params:
-            relative = param.relative_default
-            if relative is not None and param.name not in given:
-                sign, amount = relative
-                days = int(amount) if amount.isdigit() else int(values.get(amount) or 0)
-                base = logical_date or dt.datetime.now(dt.UTC).date()
-                values[param.name] = base + dt.timedelta(days=sign * days)
-        return values
-
-    @property
-    def source_tables(self) -> set[str]:
-        """Tables read by some step and written by none: pinned once at the start of a run."""
-        written = {s.output.table for s in self.steps if s.output}
-        return {i.table for s in self.steps for i in s.inputs} - written
-
-    @property
-    def output_tables(self) -> set[str]:
-        return {s.output.table for s in self.steps if s.output}
-
-
-SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
-_SIZE_BYTES = {
-    None: 1,
-    "B": 1,
-    "KB": 1000,
-    "KiB": 1024,
-    "MB": 10**6,
-    "MiB": 1 << 20,
-    "GB": 10**9,
-    "GiB": 1 << 30,
-}
-
-
-def parse_size(value: Any) -> int:
-    """'8MiB', '500KB', 1048576 -> bytes."""
-    match = SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a size: use a number of bytes or a unit, as in 8MiB or 500KB")
-    return int(match.group(1)) * _SIZE_BYTES[match.group(2)]
-
-
-def parse_duration(value: Any) -> int:
-    """'90s', '15m', '2h', '1d' (or a number of seconds) -> seconds."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration: use a number and a unit, as in 90s, 15m, 2h, 1d")
-    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _key_path(key: tuple[Hashable, ...]) -> str:
-    text = ""
-    for part in key:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-class _Checker:
-    """Collects problems with file:line and key; builds the specs from what is valid."""
-
-    def __init__(self, doc: YamlDocument, root: Path) -> None:
-        self.doc = doc
-        self.root = root
-        self.problems: list[str] = []
-        self._lines: list[int] = []
-
-    def problem(self, key: tuple[Hashable, ...], message: str) -> None:
-        line = self.doc.line(key)
-        try:
-            shown = self.doc.path.relative_to(self.root)
-        except ValueError:
-            shown = self.doc.path
-        where = f"{shown}:{line}" if line else str(shown)
-        self._lines.append(line or 0)
-        self.problems.append(f"{where}: {_key_path(key)}: {message}")
-
-    def sorted_problems(self) -> list[str]:
-        """Problems in file order (they are found in check order)."""
-        order = sorted(range(len(self.problems)), key=lambda i: self._lines[i])
-        return [self.problems[i] for i in order]
-
-    def mapping(
-        self,
-        value: Any,
-        key: tuple[Hashable, ...],
-        allowed: Iterable[str],
-        required: Iterable[str] = (),
-    ) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            self.problem(key, f"must be a mapping (key: value), not {type(value).__name__}")
-            return {}
-        allowed = list(allowed)
-        for name in value:
-            if name not in allowed:
-                self.problem(
-                    (*key, name),
-                    f"unknown key {name!r}{_suggest(str(name), allowed)}; allowed here: {', '.join(allowed)}",
-                )
-        for name in required:
-            if name not in value:
-                self.problem(key, f"missing required key {name!r}")
-        return {k: v for k, v in value.items() if k in allowed}
-
-    def identifier(self, value: Any, key: tuple[Hashable, ...], what: str) -> str | None:
-        if not isinstance(value, str) or not IDENTIFIER.match(value):
-            self.problem(
-                key,
-                f"{what} {value!r} is not valid: use a letter or '_', then letters, digits or '_' "
-                "(at most 63 characters)",
-            )
-            return None
-        return value
-
-    def table(self, value: Any, key: tuple[Hashable, ...]) -> str | None:
-        if not isinstance(value, str) or not TABLE_NAME.match(value):
-            self.problem(key, f"table {value!r} is not valid: write NAMESPACE.TABLE, as in db.events")
-            return None
-        return value
-
-    def names(self, value: Any, key: tuple[Hashable, ...], what: str) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            self.problem(key, f"must be a non-empty list of {what}")
-            return ()
-        return tuple(n for i, v in enumerate(value) if (n := self.identifier(v, (*key, i), what)))
-
-    def choice(self, value: Any, key: tuple[Hashable, ...], choices: Iterable[str]) -> str | None:
-        choices = list(choices)
-        if value not in choices:
-            hint = _suggest(str(value), choices)
-            if not hint and SYNONYMS.get(str(value)) in choices:
-                hint = f" (did you mean {SYNONYMS[str(value)]!r}?)"
-            self.problem(key, f"{value!r} is not one of {', '.join(choices)}{hint}")
-            return None
-        return str(value)
 
 
 def load_workflow(path: Path, root: Path | None = None) -> Workflow:
     """Load and validate one workflow file; raises WorkflowError listing every problem."""
     root = root or path.parent
     doc = load_yaml(path)
-    checker = _Checker(doc, root)
+    checker = Checker(doc, root)
     workflow = _build(checker, path)
     if checker.problems or workflow is None:
         raise WorkflowError(checker.sorted_problems() or [f"{path}: the file is empty"])
     return workflow
 
 
-def _build(c: _Checker, path: Path) -> Workflow | None:
+def _build(c: Checker, path: Path) -> Workflow | None:
     top = c.mapping(c.doc.value, (), ("id", "description", "params", "triggers", "steps"), ("steps",))
     if not top:
         return None
@@ -484,7 +69,7 @@ def _build(c: _Checker, path: Path) -> Workflow | None:
                 c.problem(
                     ("triggers", index, "incremental", "sources"),
                     f"incremental trigger source {source!r} is not an input of any step"
-                    f"{_suggest(source, sorted(read))}",
+                    f"{did_you_mean(source, sorted(read))}",
                 )
     ordered = _order(c, steps)
     return Workflow(
@@ -498,7 +83,7 @@ def _build(c: _Checker, path: Path) -> Workflow | None:
     )
 
 
-def _params(c: _Checker, raw: Any) -> list[ParamSpec]:
+def _params(c: Checker, raw: Any) -> list[ParamSpec]:
     if not isinstance(raw, dict):
         c.problem(("params",), "must be a mapping of param name to {type, default, description}")
         return []
@@ -534,7 +119,7 @@ def _params(c: _Checker, raw: Any) -> list[ParamSpec]:
     return params
 
 
-def _triggers(c: _Checker, raw: Any) -> list[tuple[int, TriggerSpec]]:
+def _triggers(c: Checker, raw: Any) -> list[tuple[int, TriggerSpec]]:
     from calve.workflows.triggers import CronExpression
 
     if isinstance(raw, dict):
@@ -582,7 +167,7 @@ def _triggers(c: _Checker, raw: Any) -> list[tuple[int, TriggerSpec]]:
 
 
 def _predicates(
-    c: _Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]
+    c: Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]
 ) -> tuple[Predicate, ...]:
     if not isinstance(raw, dict):
         c.problem(key, "a filter is a mapping {column: {op: value}}, as in {day: {gte: $start_day}}")
@@ -612,21 +197,21 @@ def _predicates(
     return tuple(predicates)
 
 
-def _value_ref(c: _Checker, value: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]) -> Any:
+def _value_ref(c: Checker, value: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]) -> Any:
     if not (isinstance(value, str) and value.startswith("$")):
         return value
     ref = value[1:]
     if "." in ref:
         alias, _, column = ref.partition(".")
         if alias not in aliases:
-            c.problem(key, f"{value!r} names no input of this step{_suggest(alias, sorted(aliases))}")
+            c.problem(key, f"{value!r} names no input of this step{did_you_mean(alias, sorted(aliases))}")
         return InputColumnRef(alias, column)
     if ref not in names:
-        c.problem(key, f"{value!r} is not a param of this step{_suggest(ref, sorted(names))}")
+        c.problem(key, f"{value!r} is not a param of this step{did_you_mean(ref, sorted(names))}")
     return ParamRef(ref)
 
 
-def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]) -> list[StepSpec]:
+def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]) -> list[StepSpec]:
     if not isinstance(raw, list) or not raw:
         c.problem(("steps",), "must be a non-empty list of steps")
         return []
@@ -673,7 +258,7 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
                     c.problem(
                         (*key, "foreach", "param"),
                         f"foreach needs a list param; {f['param']!r} is not one"
-                        f"{_suggest(str(f['param']), [p.name for p in params])}",
+                        f"{did_you_mean(str(f['param']), [p.name for p in params])}",
                     )
                 alias = c.identifier(f["as"], (*key, "foreach", "as"), "foreach variable")
                 if param is not None and alias:
@@ -755,14 +340,14 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
     for index, step in enumerate(steps):
         for dep in step.depends_on:
             if dep not in ids:
-                c.problem(("steps", index, "depends_on"), f"no step {dep!r}{_suggest(dep, ids)}")
+                c.problem(("steps", index, "depends_on"), f"no step {dep!r}{did_you_mean(dep, ids)}")
         if step.icdc_for is not None:
             target = next((s for s in steps if s.id == step.icdc_for), None)
             if target is None or not any(i.read is ReadKind.ICDC for i in target.inputs):
                 c.problem(
                     ("steps", index, "icdc"),
                     f"icdc: {step.icdc_for!r} must name a step with a "
-                    f"read: icdc input{_suggest(step.icdc_for, ids)}",
+                    f"read: icdc input{did_you_mean(step.icdc_for, ids)}",
                 )
     outputs: dict[str, str] = {}
     for index, step in enumerate(steps):
@@ -777,8 +362,8 @@ def _steps(c: _Checker, raw: Any, params: list[ParamSpec], versions: list[bytes]
     return steps
 
 
-def _compaction(c: _Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction | None:
-    from calve.compaction import DEFAULT_MIN_FILES, DEFAULT_SMALL_FILE_BYTES
+def _compaction(c: Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction | None:
+    from calve.write.compaction import DEFAULT_MIN_FILES, DEFAULT_SMALL_FILE_BYTES
 
     if isinstance(raw, str):
         raw = {"table": raw}
@@ -796,7 +381,7 @@ def _compaction(c: _Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction 
 
 
 def _inputs(
-    c: _Checker, raw: Any, key: tuple[Hashable, ...], params: list[ParamSpec], extra: set[str]
+    c: Checker, raw: Any, key: tuple[Hashable, ...], params: list[ParamSpec], extra: set[str]
 ) -> tuple[InputSpec, ...]:
     if not isinstance(raw, dict):
         c.problem(
@@ -848,7 +433,7 @@ def _inputs(
                 c.problem(
                     (*ikey, "match"),
                     f"match: {match!r} must name another input of this step with read: keys"
-                    f"{_suggest(match, sorted(aliases - {str(alias)}))}",
+                    f"{did_you_mean(match, sorted(aliases - {str(alias)}))}",
                 )
                 match = None
             elif kind.incremental:
@@ -900,7 +485,7 @@ def _injected_names(
 
 
 def _output(
-    c: _Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]
+    c: Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], aliases: set[str]
 ) -> OutputSpec | None:
     spec = c.mapping(
         raw,
@@ -929,7 +514,7 @@ def _output(
         delete_column = c.identifier(delete_column, (*key, "delete_column"), "column")
     partition_by: tuple[str, ...] = ()
     if "partition_by" in spec:
-        from calve.workflows.tables import parse_partition_field
+        from calve.write.tables import parse_partition_field
 
         raw_parts = spec["partition_by"] if isinstance(spec["partition_by"], list) else [spec["partition_by"]]
         for index, part in enumerate(raw_parts):
@@ -957,8 +542,8 @@ def _output(
     )
 
 
-def _check_sql(c: _Checker, key: tuple[Hashable, ...], sql: str, names: set[str]) -> None:
-    from calve.engines import sql_parameters
+def _check_sql(c: Checker, key: tuple[Hashable, ...], sql: str, names: set[str]) -> None:
+    from calve.engines.duckdb import sql_parameters
 
     try:
         used = sql_parameters(sql)
@@ -968,12 +553,12 @@ def _check_sql(c: _Checker, key: tuple[Hashable, ...], sql: str, names: set[str]
     for name in sorted(used - names):
         c.problem(
             key,
-            f"SQL uses ${name}, which this step does not define{_suggest(name, sorted(names))}; "
+            f"SQL uses ${name}, which this step does not define{did_you_mean(name, sorted(names))}; "
             f"it can use: {', '.join('$' + n for n in sorted(names))}",
         )
 
 
-def _order(c: _Checker, steps: list[StepSpec]) -> list[StepSpec]:
+def _order(c: Checker, steps: list[StepSpec]) -> list[StepSpec]:
     """Dependencies first; a step that reads another step's output table depends on it implicitly."""
     by_id = {s.id: s for s in steps}
     writer = {s.output.table: s.id for s in steps if s.output}

@@ -14,107 +14,15 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from calve.catalog import calve_home
-
-
-def _v1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE consumer_checkpoints (
-               consumer TEXT NOT NULL,
-               source_table TEXT NOT NULL,
-               source_uuid TEXT NOT NULL,
-               snapshot_id INTEGER,
-               target_table TEXT NOT NULL,
-               target_snapshot_id INTEGER,
-               updated_at REAL NOT NULL,
-               PRIMARY KEY (consumer, source_table, target_table)
-           )"""
-    )
-
-
-def _v2(db: sqlite3.Connection) -> None:
-    db.execute(
-        """CREATE TABLE runs (
-               run_id TEXT PRIMARY KEY,
-               workflow TEXT NOT NULL,
-               workflow_version TEXT NOT NULL,
-               trigger TEXT NOT NULL,
-               trigger_slot TEXT,
-               logical_date TEXT NOT NULL,
-               params TEXT NOT NULL,
-               status TEXT NOT NULL,
-               created_at REAL NOT NULL,
-               started_at REAL,
-               finished_at REAL,
-               pins TEXT NOT NULL DEFAULT '{}',
-               restart_of TEXT,
-               host TEXT,
-               pid INTEGER,
-               error TEXT,
-               UNIQUE (workflow, trigger, trigger_slot)
-           )"""
-    )
-    db.execute("CREATE INDEX runs_by_workflow ON runs (workflow, created_at)")
-    db.execute(
-        """CREATE TABLE step_runs (
-               run_id TEXT NOT NULL REFERENCES runs (run_id),
-               step_id TEXT NOT NULL,
-               iteration INTEGER NOT NULL DEFAULT -1,
-               iteration_value TEXT,
-               status TEXT NOT NULL,
-               started_at REAL,
-               finished_at REAL,
-               cpu_s REAL,
-               metrics TEXT NOT NULL DEFAULT '{}',
-               error TEXT,
-               PRIMARY KEY (run_id, step_id, iteration)
-           )"""
-    )
-    db.execute(
-        """CREATE TABLE run_locks (
-               workflow TEXT PRIMARY KEY,
-               run_id TEXT NOT NULL,
-               host TEXT NOT NULL,
-               pid INTEGER NOT NULL,
-               acquired_at REAL NOT NULL,
-               heartbeat_at REAL NOT NULL
-           )"""
-    )
-    db.execute(
-        """CREATE TABLE trigger_state (
-               workflow TEXT NOT NULL,
-               trigger TEXT NOT NULL,
-               last_slot TEXT,
-               last_fired_at REAL,
-               PRIMARY KEY (workflow, trigger)
-           )"""
-    )
-
-
-# One function per version; version N's function migrates a store at N-1 to N.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
-STATE_VERSION = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    consumer: str
-    source_table: str
-    source_uuid: str
-    snapshot_id: int | None
-    target_table: str
-    target_snapshot_id: int | None
-    updated_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+from calve.errors import StateStoreError
+from calve.state.records import CheckpointRecord, RunLock, RunRecord, RunStatus, StepRunRecord
+from calve.state.schema import MIGRATIONS, STATE_VERSION
 
 
 class StateStore:
@@ -124,7 +32,7 @@ class StateStore:
         self.path = path or calve_home() / "state.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            self._migrate(db)
+            self._migrate(db, self.path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -141,14 +49,24 @@ class StateStore:
             db.close()
 
     @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
+    def _migrate(db: sqlite3.Connection, path: Path) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > STATE_VERSION:
-            raise RuntimeError(
-                f"state store version {version} is newer than this calve ({STATE_VERSION}); upgrade calve"
+            raise StateStoreError(
+                f"the state store {path} is at version {version}, newer than this calve understands "
+                f"({STATE_VERSION}): a newer calve wrote it. Upgrade calve (pip install -U calve), or point "
+                "`state:` in calve.yaml at another file"
             )
         for number in range(version, STATE_VERSION):
-            MIGRATIONS[number](db)
+            try:
+                MIGRATIONS[number](db)
+            except sqlite3.Error as exc:
+                raise StateStoreError(
+                    f"migrating the state store {path} from version {number} to {number + 1} failed ({exc}); "
+                    "nothing was changed (the migration runs in one transaction). Check that the file is a "
+                    "calve state store and is writable; restore it from a backup, or move it aside to start "
+                    "with an empty run history (checkpoints live in the tables and are not lost)"
+                ) from None
         db.execute(f"PRAGMA user_version = {STATE_VERSION}")  # an int constant, not user input
 
     def record_checkpoint(self, record: CheckpointRecord) -> None:
@@ -361,88 +279,6 @@ class StateStore:
     def locks(self) -> list[RunLock]:
         with self._connect() as db:
             return [RunLock(*row) for row in db.execute("SELECT * FROM run_locks").fetchall()]
-
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    workflow: str
-    workflow_version: str
-    trigger: str
-    logical_date: str
-    params: dict[str, Any]
-    status: RunStatus
-    created_at: float
-    trigger_slot: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    pins: dict[str, Any] = field(default_factory=dict)
-    restart_of: str | None = None
-    host: str | None = None
-    pid: int | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["status"] = self.status.value
-        return data
-
-
-@dataclass
-class StepRunRecord:
-    run_id: str
-    step_id: str
-    status: RunStatus
-    iteration: int = -1  # -1: not a foreach iteration
-    iteration_value: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    cpu_s: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
-        data["status"] = self.status.value
-        return data
-
-
-@dataclass(frozen=True)
-class RunLock:
-    workflow: str
-    run_id: str
-    host: str
-    pid: int
-    acquired_at: float
-    heartbeat_at: float
-
-    def is_stale(self, now: float, stale_after_s: float, host: str) -> bool:
-        if now - self.heartbeat_at > stale_after_s:
-            return True
-        return self.host == host and not _pid_alive(self.pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:

@@ -43,8 +43,8 @@ from pyiceberg.table.snapshots import (
 )
 from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
 
+from calve.capture.icdc import _avro_codec, added_entry
 from calve.errors import CalveError
-from calve.icdc import _avro_codec, added_entry
 
 MERGE_MODE_PROPERTY = "write.merge.mode"
 FILE_PATH_ID = 2147483546  # reserved field ids of position delete files (Iceberg spec)

@@ -1,0 +1,10 @@
+"""The state store: run history, run locks, trigger state and a mirror of consumer checkpoints.
+
+`schema` holds the versioned tables and their migrations, `records` the values stored, `store` the
+`StateStore` that reads and writes them.
+"""
+
+from calve.state.records import CheckpointRecord, RunLock, RunRecord, RunStatus, StepRunRecord
+from calve.state.store import StateStore
+
+__all__ = ["CheckpointRecord", "RunLock", "RunRecord", "RunStatus", "StateStore", "StepRunRecord"]

@@ -1,0 +1,88 @@
+"""The state store's schema: one migration function per version, applied forward on open.
+
+Version N's function migrates a store at version N-1 to N; `PRAGMA user_version` holds the version.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE consumer_checkpoints (
+               consumer TEXT NOT NULL,
+               source_table TEXT NOT NULL,
+               source_uuid TEXT NOT NULL,
+               snapshot_id INTEGER,
+               target_table TEXT NOT NULL,
+               target_snapshot_id INTEGER,
+               updated_at REAL NOT NULL,
+               PRIMARY KEY (consumer, source_table, target_table)
+           )"""
+    )
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE runs (
+               run_id TEXT PRIMARY KEY,
+               workflow TEXT NOT NULL,
+               workflow_version TEXT NOT NULL,
+               trigger TEXT NOT NULL,
+               trigger_slot TEXT,
+               logical_date TEXT NOT NULL,
+               params TEXT NOT NULL,
+               status TEXT NOT NULL,
+               created_at REAL NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               pins TEXT NOT NULL DEFAULT '{}',
+               restart_of TEXT,
+               host TEXT,
+               pid INTEGER,
+               error TEXT,
+               UNIQUE (workflow, trigger, trigger_slot)
+           )"""
+    )
+    db.execute("CREATE INDEX runs_by_workflow ON runs (workflow, created_at)")
+    db.execute(
+        """CREATE TABLE step_runs (
+               run_id TEXT NOT NULL REFERENCES runs (run_id),
+               step_id TEXT NOT NULL,
+               iteration INTEGER NOT NULL DEFAULT -1,
+               iteration_value TEXT,
+               status TEXT NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               cpu_s REAL,
+               metrics TEXT NOT NULL DEFAULT '{}',
+               error TEXT,
+               PRIMARY KEY (run_id, step_id, iteration)
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE run_locks (
+               workflow TEXT PRIMARY KEY,
+               run_id TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               acquired_at REAL NOT NULL,
+               heartbeat_at REAL NOT NULL
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE trigger_state (
+               workflow TEXT NOT NULL,
+               trigger TEXT NOT NULL,
+               last_slot TEXT,
+               last_fired_at REAL,
+               PRIMARY KEY (workflow, trigger)
+           )"""
+    )
+
+
+# One function per version; version N's function migrates a store at N-1 to N.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+STATE_VERSION = len(MIGRATIONS)
