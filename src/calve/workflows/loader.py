@@ -15,6 +15,7 @@ from typing import Any
 
 from calve.errors import WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
+from calve.workflows.injection import RUN_NAMES, step_names
 from calve.workflows.model import (
     FILTER_OPS,
     Compaction,
@@ -36,8 +37,6 @@ from calve.workflows.model import (
 from calve.workflows.values import PARAM_TYPE_NAMES, RELATIVE_DATE, parse_duration, parse_size
 from calve.workflows.yamlfile import load_yaml
 
-RUN_PARAMS = ("run_id", "workflow", "step", "trigger", "logical_date")
-
 
 def load_workflow(path: Path, root: Path | None = None) -> Workflow:
     """Load and validate one workflow file; raises WorkflowError listing every problem."""
@@ -57,7 +56,7 @@ def _build(c: Checker, path: Path) -> Workflow | None:
     workflow_id = c.identifier(top.get("id", path.stem), ("id",), "workflow id") or path.stem
     params = _params(c, top.get("params") or {})
     param_names = {p.name for p in params}
-    for name in param_names & set(RUN_PARAMS):
+    for name in param_names & set(RUN_NAMES):
         c.problem(("params", name), f"param name {name!r} is reserved for run metadata; rename it")
     triggers = _triggers(c, top.get("triggers") or [])
     versions = [c.doc.path.read_bytes()]
@@ -272,7 +271,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 "a foreach step cannot read changes (its iterations would share one checkpoint); "
                 "read the tables with read: table",
             )
-        names = _injected_names(params, inputs, foreach)
+        names = step_names(params, inputs, foreach)
         output = None
         if "output" in spec:
             output = _output(c, spec["output"], (*key, "output"), names, aliases)
@@ -391,7 +390,7 @@ def _inputs(
     reads = [k.value for k in ReadKind]
     specs = []
     aliases = {str(a) for a in raw}
-    names = {p.name for p in params} | set(RUN_PARAMS) | extra
+    names = {p.name for p in params} | set(RUN_NAMES) | extra
     for alias, value in raw.items():
         ikey = (*key, alias)
         if c.identifier(alias, ikey, "input name") is None:
@@ -458,29 +457,6 @@ def _range_names(raw: Any) -> set[str]:
                         f"range_{column}_min",
                         f"range_{column}_max",
                     }
-    return names
-
-
-def _injected_names(
-    params: list[ParamSpec], inputs: tuple[InputSpec, ...], foreach: Foreach | None
-) -> set[str]:
-    """Every `$name` a step's SQL and filters may use."""
-    names = {p.name for p in params} | set(RUN_PARAMS)
-    for i in inputs:
-        names |= {f"{i.alias}_snapshot_id"}
-        if i.read.incremental:
-            names |= {f"{i.alias}_from_snapshot_id"}
-        if i.read is ReadKind.ICDC:
-            names.add(f"{i.alias}_icdc_table")
-        for column in i.ranges:
-            names |= {
-                f"{i.alias}_{column}_min",
-                f"{i.alias}_{column}_max",
-                f"range_{column}_min",
-                f"range_{column}_max",
-            }
-    if foreach:
-        names.add(foreach.alias)
     return names
 
 
