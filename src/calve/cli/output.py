@@ -1,4 +1,10 @@
-"""One output abstraction for every command: rich text for people, one JSON object for scripts."""
+"""One output abstraction for every command: rich text for people, one JSON object for scripts.
+
+Results go to stdout (text, or one JSON object with --json); progress and log lines go to stderr,
+except the scheduler's log, which is its output. Log and progress lines are printed whole, never
+wrapped, whatever the terminal: a line that a pipe or a CI log splits in two no longer holds its
+run id next to its workflow.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ import json
 import sys
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _default(value: Any) -> Any:
@@ -29,9 +37,20 @@ class Output:
 
     def __init__(self, json_mode: bool) -> None:
         self.json_mode = json_mode
+
+    # the consoles are built on first use: rich is not imported by commands that print nothing
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console
+
         # piped output is read by people too (CI logs): don't squeeze 19-digit snapshot ids into 80 columns
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-        self.err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+        return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
     def result(self, payload: dict[str, Any], render: Callable[[Console], None]) -> None:
         if self.json_mode:
@@ -40,14 +59,22 @@ class Output:
             render(self.console)
 
     def progress(self, message: str) -> None:
-        """Progress for people goes to stderr, so that --json output stays parseable."""
+        """Progress for people goes to stderr, so that --json output stays parseable; one line, unwrapped."""
         if not self.json_mode:
-            self.err.print(f"[dim]{message}[/dim]")
+            from rich.text import Text
+
+            self.err.print(Text(message, style="dim"), soft_wrap=True)
+
+    def log(self, message: str) -> None:
+        """A log line of a long-running command (the scheduler) on stdout: as is, never wrapped."""
+        self.console.print(message, markup=False, soft_wrap=True)
 
     def error(self, message: str) -> None:
         if self.json_mode:
             sys.stdout.write(json.dumps({"error": message}) + "\n")
-        self.err.print(f"[bold red]error:[/bold red] {message}")
+        from rich.text import Text
+
+        self.err.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def human_bytes(count: int) -> str:

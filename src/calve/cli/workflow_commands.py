@@ -1,22 +1,34 @@
-"""Project and workflow commands: init, validate, workflows, run, runs, scheduler."""
+"""Project and workflow commands: init, validate, workflows, run, runs, scheduler.
+
+The workflow layer (runner, scheduler, state store, engines) is imported when a command runs, not
+when the command line is parsed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table as RichTable
 
-from calve.cli.app import Context, cli, handle_errors, json_option
+from calve.cli.context import Context, handle_errors, json_option
 from calve.cli.output import Output, human_bytes
 from calve.errors import CalveError, WorkflowError
-from calve.state import RunStatus
-from calve.workflows.runner import Runner
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from calve.workflows.runner import Runner
+    from calve.workflows.scheduler import Firing
+
+# the values of calve.state.RunStatus, spelled out so that parsing `--status` does not open the state
+# store's modules; tests/cli/test_app.py checks that the two agree
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -29,6 +41,8 @@ STATUS_STYLE = {
 
 
 def _runner(ctx: Context, out: Output) -> Runner:
+    from calve.workflows.runner import Runner
+
     project = ctx.project
     return Runner(
         project.catalog,
@@ -40,7 +54,7 @@ def _runner(ctx: Context, out: Output) -> Runner:
     )
 
 
-@cli.command()
+@click.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--no-example", is_flag=True, help="Do not write the example workflow.")
 @json_option
@@ -71,7 +85,7 @@ def init(directory: Path, no_example: bool, json_mode: bool, out: Output) -> Non
     out.result({"project": str(directory.resolve()), "created": [str(p) for p in created]}, render)
 
 
-@cli.command()
+@click.command()
 @json_option
 @click.pass_obj
 @handle_errors
@@ -114,7 +128,7 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
     out.result(payload, render)
 
 
-@cli.command()
+@click.command()
 @json_option
 @click.pass_obj
 @handle_errors
@@ -137,6 +151,8 @@ def workflows(ctx: Context, json_mode: bool, out: Output) -> None:
         )
 
     def render(console: Console) -> None:
+        from rich.table import Table as RichTable
+
         grid = RichTable("workflow", "steps", "triggers", "last run", "status")
         for r in rows:
             last = r["last_run"]
@@ -163,7 +179,7 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
-@cli.command()
+@click.command()
 @click.argument("workflow")
 @click.option(
     "--param",
@@ -199,7 +215,8 @@ def run(
     Each step reads only what changed in its inputs since its checkpoint (or the whole table, pinned
     at one snapshot for the run), and commits its output together with its checkpoint. Steps with
     nothing pending are skipped. Exit code 1 if the run fails; the failure names the step, the file
-    and line of the SQL, and the engine's message.
+    and line of the SQL, and the engine's message. Exit code 1, with nothing recorded, if another run
+    of WORKFLOW holds its lock (at most one run per workflow at a time).
 
     \b
     Examples:
@@ -207,6 +224,8 @@ def run(
       calve run backfill --param days=2026-01-01,2026-01-02 --json
       calve run daily_views --restart 20261127T101500-3fa2c1
     """
+    from calve.state import RunStatus
+
     project = ctx.project
     spec = project.workflow(workflow)
     result = _runner(ctx, out).run(
@@ -226,28 +245,45 @@ def run(
         sys.exit(1)
 
 
-@cli.command()
-@click.argument("args", nargs=-1, metavar="[WORKFLOW] | show RUN_ID")
-@click.option("--limit", default=20, show_default=True, help="Show at most this many runs, newest first.")
-@click.option("--status", type=click.Choice([s.value for s in RunStatus]), help="Only runs with this status.")
+@click.command()
+@click.argument("args", nargs=-1, metavar="[WORKFLOW] | show RUN_ID | cancel RUN_ID")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    help="List at most this many runs, newest first (the default shows the last 20).",
+)
+@click.option("--status", type=click.Choice(RUN_STATUSES), help="Only runs with this status.")
 @json_option
 @click.pass_obj
 @handle_errors
 def runs(
     ctx: Context, args: tuple[str, ...], limit: int, status: str | None, json_mode: bool, out: Output
 ) -> None:
-    """List recorded runs (of WORKFLOW), or show one with `calve runs show RUN_ID`.
+    """List recorded runs (of WORKFLOW), show one, or cancel one whose process is gone.
+
+    The list shows the 20 newest runs unless --limit says otherwise. `calve runs cancel RUN_ID` marks
+    a queued or running run `cancelled` when the process that ran it is gone (killed, or its host
+    stopped heartbeating): the scheduler then leaves it alone instead of restarting it, and
+    `calve run WORKFLOW --restart RUN_ID` can still finish it. A run whose process is alive is not
+    cancelled: stop that process first.
 
     \b
     Examples:
       calve runs
-      calve runs daily_views --status failed
+      calve runs daily_views --status failed --limit 100
       calve runs show 20261127T101500-3fa2c1 --json
+      calve runs cancel 20261127T101500-3fa2c1
     """
+    from calve.state import RunStatus
+
     state = ctx.project.state
-    if args and args[0] == "show":
+    if args and args[0] in ("show", "cancel"):
         if len(args) != 2:
-            raise click.UsageError("usage: calve runs show RUN_ID")
+            raise click.UsageError(f"usage: calve runs {args[0]} RUN_ID")
+        if args[0] == "cancel":
+            _cancel(ctx, args[1], out)
+            return
         record = state.run(args[1])
         if record is None:
             raise CalveError(f"no run {args[1]!r}; list runs with `calve runs`")
@@ -255,11 +291,13 @@ def runs(
         out.result(payload, lambda console: _render_run(console, payload))
         return
     if len(args) > 1:
-        raise click.UsageError("give at most one WORKFLOW")
+        raise click.UsageError("give at most one WORKFLOW (or: show RUN_ID, cancel RUN_ID)")
     records = state.runs(args[0] if args else None, limit=limit, status=RunStatus(status) if status else None)
     rows = [r.to_dict() for r in records]
 
     def render(console: Console) -> None:
+        from rich.table import Table as RichTable
+
         if not rows:
             console.print("no runs recorded")
             return
@@ -282,7 +320,41 @@ def runs(
     out.result({"runs": rows}, render)
 
 
-@cli.command()
+def _cancel(ctx: Context, run_id: str, out: Output) -> None:
+    """Mark a queued/running run `cancelled`; the state store refuses a run whose process is alive."""
+    project = ctx.project
+    state = project.state
+    # the store checks processes of this host; a live lock (fresh heartbeat) also covers other hosts
+    lock = next((lock for lock in state.locks() if lock.run_id == run_id), None)
+    if lock is not None and not lock.is_stale(
+        time.time(), project.settings.lock_stale_after_s, socket.gethostname()
+    ):
+        raise CalveError(
+            f"run {run_id} is running in process {lock.pid} on {lock.host} (heartbeat "
+            f"{time.time() - lock.heartbeat_at:.0f}s ago); stop that process first (kill {lock.pid}), "
+            f"then `calve runs cancel {run_id}`"
+        )
+    cancel_run = getattr(state, "cancel_run", None)
+    if cancel_run is None:
+        raise CalveError(
+            "this calve's state store cannot cancel runs (StateStore.cancel_run is missing); "
+            f"leave run {run_id} to the scheduler, which restarts it, or upgrade calve"
+        )
+    cancelled = cancel_run(run_id, "cancelled with `calve runs cancel`")
+    payload = cancelled.to_dict()
+
+    def render(console: Console) -> None:
+        console.print(
+            f"run {run_id} of {cancelled.workflow} cancelled (the scheduler will not restart it); "
+            f"finish it later with `calve run {cancelled.workflow} --restart {run_id}`",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    out.result(payload, render)
+
+
+@click.command()
 @click.option("--once", is_flag=True, help="Evaluate every trigger once, run what is due, and exit.")
 @click.option(
     "--tick", default=10.0, show_default=True, metavar="SECONDS", help="How often to evaluate triggers."
@@ -296,27 +368,9 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
     Time triggers (cron, interval) fire once per slot; incremental triggers fire when a source has
     changes past the workflow's checkpoints. Runs that a killed scheduler left unfinished are
     restarted from their first unfinished step. With --once: one evaluation, for cron jobs and tests.
+    Log lines go to stdout, one per event, never wrapped; run progress goes to stderr.
     """
-    from calve.workflows.scheduler import Scheduler, _describe
-
-    project = ctx.project
-    project.workflows()  # invalid files: fail now, with every problem
-    engine = Scheduler(project, _runner(ctx, out), log=out.progress)
-    if once:
-        firings = engine.tick()
-        payload = {"fired": [f.to_dict() for f in firings]}
-
-        def render(console: Console) -> None:
-            if not firings:
-                console.print("nothing due")
-            for firing in firings:
-                console.print(_describe(firing), markup=False)
-
-        out.result(payload, render)
-        if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
-            sys.exit(1)
-        return
-
+    # the handler comes first: a SIGTERM while the project and its workflows load stops cleanly
     stopping = {"flag": False}
 
     def stop(signum: int, frame: Any) -> None:
@@ -325,9 +379,45 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log = out.progress if json_mode else (lambda message: out.console.print(message, markup=False))
-    engine.log = log
+
+    from calve.state import RunStatus
+    from calve.workflows.scheduler import Scheduler
+
+    project = ctx.project
+    project.workflows()  # invalid files: fail now, with every problem
+    engine = Scheduler(project, _runner(ctx, out), log=out.progress)
+    if stopping["flag"]:
+        out.progress("scheduler stopped before its first tick")
+        return
+    if once:
+        firings = engine.tick()
+        payload = {"fired": [f.to_dict() for f in firings]}
+
+        def render(console: Console) -> None:
+            if not firings:
+                console.print("nothing due")
+            for firing in firings:
+                console.print(describe_firing(firing), markup=False, soft_wrap=True)
+
+        out.result(payload, render)
+        if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
+            sys.exit(1)
+        return
+
+    engine.log = out.progress if json_mode else out.log
     engine.run_forever(tick, should_stop=lambda: stopping["flag"])
+
+
+def describe_firing(firing: Firing) -> str:
+    """One log line for what a trigger did: `STAMP WORKFLOW [TRIGGER @ SLOT]: run RUN_ID STATUS`."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    what = f"{firing.workflow} [{firing.trigger}" + (f" @ {firing.slot}" if firing.slot else "") + "]"
+    if firing.result is None:
+        return f"{stamp} {what}: {firing.note}"
+    run = firing.result.run
+    note = f" ({firing.note})" if firing.note else ""
+    error = f": {run.error}" if run.error else ""
+    return f"{stamp} {what}: run {run.run_id} {run.status.value}{note}{error}"
 
 
 def _short(text: str | None, width: int = 60) -> str:
@@ -338,6 +428,8 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def _render_run(console: Console, run: dict[str, Any]) -> None:
+    from rich.table import Table as RichTable
+
     status = run["status"]
     console.print(
         f"run [bold]{run['run_id']}[/bold] of [bold]{run['workflow']}[/bold] "
