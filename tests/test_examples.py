@@ -72,6 +72,6 @@ def test_incremental_steps_read_only_what_changed(tmp_path: Path) -> None:
     assert result is not None and result.status is RunStatus.SUCCEEDED
     metrics = result.steps[0].metrics
     total_rows = events.scan().to_arrow().num_rows
-    assert metrics["inputs"]["changed"]["snapshots"] == 1
-    assert metrics["rows_read"] < total_rows / 20, metrics  # one account's rows (and the one new key)
-    assert metrics["rows_out"] == 1  # one account re-aggregated (its file is rewritten: copy-on-write)
+    assert metrics.inputs["changed"].snapshots == 1
+    assert metrics.rows_read < total_rows / 20, metrics  # one account's rows (and the one new key)
+    assert metrics.rows_out == 1  # one account re-aggregated (its file is rewritten: copy-on-write)

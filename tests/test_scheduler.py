@@ -111,7 +111,7 @@ def test_incremental_trigger_fires_on_changes_only_and_batches_bursts(tmp_path: 
     clock.advance(minutes=5)
     (burst,) = scheduler(project, clock).tick()  # both appends in one run
     assert burst.result is not None
-    assert burst.result.steps[0].metrics["inputs"]["events"]["snapshots"] == 2
+    assert burst.result.steps[0].metrics.inputs["events"].snapshots == 2
 
 
 def test_a_run_left_unfinished_by_a_killed_scheduler_is_finished_by_the_next_tick(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_a_run_left_unfinished_by_a_killed_scheduler_is_finished_by_the_next_tic
             status=RunStatus.RUNNING,
             created_at=START.timestamp(),
             trigger_slot="2026-03-02T09:00:00Z",
-            pins=runner._pin_sources(project.workflow("micro")),
+            pins=dict(runner.pending(project.workflow("micro")).pins),
         )
     )
     firings = scheduler(project, clock).tick()

@@ -275,7 +275,7 @@ def test_icdc_step_publishes_the_table_the_next_step_reads_and_injects_its_name(
     events.append(Shop().round()[0])
     result = runner_for(project).run(project.workflow("publish"))
     assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
-    published = result.steps[0].metrics["icdc_tables"]["events"]
+    published = result.steps[0].metrics.icdc_tables["events"]
     assert published["icdc_table"] == "calve_icdc.publish-summarize__shop__events"
     icdc = project.catalog.load_table(published["icdc_table"])
     assert icdc.scan().to_arrow().num_rows == events.scan().to_arrow().num_rows  # any Iceberg reader

@@ -14,7 +14,7 @@ import contextlib
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyiceberg.avro.codecs import AvroCompressionCodec
@@ -67,6 +67,7 @@ class IcdcTable:
     bytes: int
     complete: bool  # False when row-level snapshots were left out (appends_only=True)
     row_level_snapshot_ids: tuple[int, ...]
+    table: Table | None = field(default=None, compare=False, repr=False)  # the registered table, loaded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,8 +110,10 @@ def create_icdc_table(
         ops = ", ".join(f"{s.snapshot_id} ({s.operation.value})" for s in change_set.row_level_snapshots)
         raise RowLevelChangesError(
             f"{change_set.table}: snapshots {ops} changed rows in place, which an ICDC table of added "
-            "files cannot express. Use the changelog rows instead (`calve changes --changelog`, "
-            "calve.compute_changelog), or pass --appends-only to publish only the appended files."
+            "files cannot express. Read the changed rows instead: in a workflow, `read: inserted` (new "
+            "rows) or `read: changelog` (inserted and deleted rows); from the command line, `calve changes "
+            "--changelog`; in Python, calve.compute_changelog. Or publish only the appended files "
+            "(--appends-only, appends_only=True)."
         )
     identifier = identifier or default_icdc_identifier(change_set.table, consumer)
     files = list(change_set.appended_files)
@@ -122,7 +125,7 @@ def create_icdc_table(
     ToOutputFile.table_metadata(metadata, source.io.new_output(metadata_location))
     if old is not None:
         drop_icdc_table(catalog, identifier)
-    catalog.register_table(identifier, metadata_location)
+    registered = catalog.register_table(identifier, metadata_location)
     return IcdcTable(
         identifier=identifier,
         metadata_location=metadata_location,
@@ -134,6 +137,7 @@ def create_icdc_table(
         bytes=sum(f.file_size_in_bytes for f in files),
         complete=not row_level,
         row_level_snapshot_ids=row_level,
+        table=registered,
     )
 
 

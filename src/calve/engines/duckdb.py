@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from calve.errors import SqlError
+from calve.errors import DataError, SqlError
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class DuckDBEngine:
                     )
                 try:
                     relation = con.sql(statement.text, params=bound or None)
-                    result = relation.to_arrow_table() if relation is not None else None
+                    result = _to_arrow(relation) if relation is not None else None
                 except duckdb.Error as exc:
                     message = _positioned(con, statement.text, bound, str(exc))
                     line = _line_of(message)
@@ -90,6 +90,46 @@ class DuckDBEngine:
             return result
         finally:
             con.close()
+
+
+_HUGE = ("HUGEINT", "UHUGEINT")
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _to_arrow(relation: Any) -> pa.Table:
+    """The rows as Arrow, with DuckDB's 128-bit integers as BIGINT (Iceberg `long`).
+
+    `sum()` of a BIGINT column is a HUGEINT in DuckDB, which Arrow carries as decimal(38, 0): a table
+    created from it would get a surprising decimal column. Such a column comes out as a BIGINT; a
+    value that does not fit fails here, naming the column and the value.
+    """
+    huge = [name for name, kind in zip(relation.columns, relation.types, strict=True) if str(kind) in _HUGE]
+    if not huge:
+        return relation.to_arrow_table()
+    import duckdb
+
+    columns = ", ".join(
+        f"CAST({_quote(n)} AS BIGINT) AS {_quote(n)}" if n in huge else _quote(n) for n in relation.columns
+    )
+    try:
+        return relation.project(columns).to_arrow_table()
+    except duckdb.Error as exc:  # a value does not fit: name the first one
+        for name in huge:
+            check = f"{_quote(name)} NOT BETWEEN {_LONG_MIN} AND {_LONG_MAX}"
+            outside = relation.filter(check).limit(1).fetchall()
+            if outside:
+                value = outside[0][relation.columns.index(name)]
+                raise DataError(
+                    f"column {name!r} is a 128-bit integer (DuckDB's type for sum() of a BIGINT) and holds "
+                    f"{value}, which does not fit a BIGINT (Iceberg long); cast it in the SQL to the type "
+                    "you want stored, as in CAST(... AS DECIMAL(38, 0)) or CAST(... AS DOUBLE)"
+                ) from None
+        raise DataError(f"converting 128-bit integers to BIGINT failed: {exc}") from None
+
+
+def _quote(name: str) -> str:
+    """A column name as a DuckDB identifier (from DuckDB's own result, quoted all the same)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _positioned(con: Any, text: str, params: dict[str, Any], message: str) -> str:

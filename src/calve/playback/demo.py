@@ -26,7 +26,7 @@ from calve.capture.icdc import ICDC_NAMESPACE, drop_icdc_table, is_icdc_table
 from calve.engines.duckdb import DuckDBEngine
 from calve.errors import CalveError
 from calve.playback.data import EVENTS_SCHEMA, EVENTS_SPEC, PlaybackConfig, PlaybackGenerator
-from calve.state import RunStatus, StateStore
+from calve.state import MergeMetrics, RunStatus, StateStore, StepMetrics
 from calve.workflows.loader import load_workflow
 from calve.workflows.model import Workflow
 from calve.workflows.runner import Runner
@@ -52,15 +52,14 @@ class StageCost:
     rows_written: int = 0
     files_written: int = 0
 
-    def add(self, metrics: dict[str, Any], cpu_s: float, wall_s: float) -> None:
+    def add(self, metrics: StepMetrics, cpu_s: float, wall_s: float) -> None:
+        merge = metrics.merge or MergeMetrics()
         self.cpu_s += cpu_s
         self.wall_s += wall_s
-        self.rows_read += int(metrics.get("rows_read", 0)) + int(metrics.get("merge", {}).get("rows_read", 0))
-        self.bytes_read += int(metrics.get("bytes_read", 0)) + int(
-            metrics.get("merge", {}).get("bytes_read", 0)
-        )
-        self.rows_written += int(metrics.get("rows_written", 0))
-        self.files_written += int(metrics.get("files_written", 0))
+        self.rows_read += metrics.rows_read + merge.rows_read
+        self.bytes_read += metrics.bytes_read + merge.bytes_read
+        self.rows_written += metrics.rows_written or 0
+        self.files_written += metrics.files_written or 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}

@@ -4,7 +4,32 @@
 `StateStore` that reads and writes them.
 """
 
-from calve.state.records import CheckpointRecord, RunLock, RunRecord, RunStatus, StepRunRecord
+from calve.state.records import (
+    ACTIVE,
+    FINISHED,
+    RESTARTABLE,
+    CheckpointRecord,
+    InputRead,
+    MergeMetrics,
+    RunLock,
+    RunRecord,
+    RunStatus,
+    StepMetrics,
+    StepRunRecord,
+)
 from calve.state.store import StateStore
 
-__all__ = ["CheckpointRecord", "RunLock", "RunRecord", "RunStatus", "StateStore", "StepRunRecord"]
+__all__ = [
+    "ACTIVE",
+    "FINISHED",
+    "RESTARTABLE",
+    "CheckpointRecord",
+    "InputRead",
+    "MergeMetrics",
+    "RunLock",
+    "RunRecord",
+    "RunStatus",
+    "StateStore",
+    "StepMetrics",
+    "StepRunRecord",
+]

@@ -1,15 +1,22 @@
-"""The records the state store keeps: runs, their steps, run locks and mirrored checkpoints."""
+"""The records the state store keeps: runs, their steps and metrics, run locks, mirrored checkpoints.
+
+Records are immutable values: a change is a new record (`dataclasses.replace`) written through the
+store. Step metrics are typed (`StepMetrics`); their JSON form (`to_dict`) is what `calve runs show
+--json` prints and what the store keeps.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
 
 @dataclass(frozen=True)
 class CheckpointRecord:
+    """The mirror of one consumer checkpoint (the target table's commit is the source of truth)."""
+
     consumer: str
     source_table: str
     source_uuid: str
@@ -19,28 +26,39 @@ class CheckpointRecord:
     updated_at: float
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 class RunStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
+    """The state of a run or of one step of a run."""
+
+    QUEUED = "queued"  # recorded, not started (waiting for its lock)
+    RUNNING = "running"  # its process is working on it (a dead process's run is marked failed on sight)
+    SUCCEEDED = "succeeded"  # every step succeeded or had nothing to do; its commits stand
+    FAILED = "failed"  # a step failed or the process died; committed steps stand, restart to finish
+    SKIPPED = "skipped"  # nothing to do: no change was pending on its incremental inputs
+    CANCELLED = "cancelled"  # stopped by `calve runs cancel`; committed steps stand
 
     @property
     def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+        return self in FINISHED
+
+    @property
+    def active(self) -> bool:
+        return self in ACTIVE
 
 
-@dataclass
+ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+FINISHED = frozenset(RunStatus) - ACTIVE
+RESTARTABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: str
     workflow: str
     workflow_version: str
-    trigger: str
+    trigger: str  # manual, cron:EXPR, interval:Ns, incremental:any|all:TABLES, recovery of RUN_ID, ...
     logical_date: str
     params: dict[str, Any]
     status: RunStatus
@@ -48,11 +66,13 @@ class RunRecord:
     trigger_slot: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    pins: dict[str, Any] = field(default_factory=dict)
+    pins: dict[str, Any] = field(default_factory=dict)  # table -> snapshot id every step saw
     restart_of: str | None = None
     host: str | None = None
     pid: int | None = None
     error: str | None = None
+    attempt: int = 1  # 1, or n for the (n-1)th automatic retry of a transient failure
+    transient: bool = False  # the failure may pass on retry (a commit conflict, an I/O error)
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -60,7 +80,83 @@ class RunRecord:
         return data
 
 
-@dataclass
+@dataclass(frozen=True)
+class InputRead:
+    """Which snapshots of one input a step read."""
+
+    table: str
+    snapshot_id: int | None = None  # read: table (pinned)
+    from_snapshot_id: int | None = None  # incremental: the changes after this one ...
+    to_snapshot_id: int | None = None  # ... up to this one
+    snapshots: int | None = None  # incremental: logical snapshots in the range
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.snapshots is None:  # a pinned read: its snapshot id, even when the table was empty
+            data["snapshot_id"] = self.snapshot_id
+        return data
+
+
+@dataclass(frozen=True)
+class MergeMetrics:
+    """What a merge read to find the rows it replaces, and how many files it rewrote."""
+
+    files_read: int = 0
+    rows_read: int = 0
+    bytes_read: int = 0
+    rows_matched: int = 0
+    files_rewritten: int = 0
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one step (or one foreach iteration) read, computed and wrote."""
+
+    rows_read: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    inputs: dict[str, InputRead] = field(default_factory=dict)
+    icdc_tables: dict[str, Any] = field(default_factory=dict)  # input -> ICDC table name (or details)
+    rows_out: int | None = None  # rows the SQL/Python returned
+    rows_written: int | None = None
+    rows_deleted: int | None = None
+    files_written: int | None = None
+    bytes_written: int | None = None
+    files_removed: int | None = None
+    committed_snapshot_id: int | None = None
+    output: str | None = None
+    mode: str | None = None
+    merge: MergeMetrics | None = None
+    partitions: int | None = None  # compact steps
+    reason: str | None = None  # why a step was skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "inputs":
+                data["inputs"] = {alias: read.to_dict() for alias, read in value.items()}
+            elif f.name == "icdc_tables":
+                if value:
+                    data["icdc_tables"] = value
+            elif f.name == "merge":
+                if value is not None:
+                    data["merge"] = asdict(value)
+            elif value is not None or (f.name == "committed_snapshot_id" and self.output is not None):
+                data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepMetrics:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["inputs"] = {a: InputRead(**r) for a, r in (data.get("inputs") or {}).items()}
+        if data.get("merge") is not None:
+            values["merge"] = MergeMetrics(**data["merge"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class StepRunRecord:
     run_id: str
     step_id: str
@@ -70,12 +166,13 @@ class StepRunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     cpu_s: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: StepMetrics = field(default_factory=StepMetrics)
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["status"] = self.status.value
+        data["metrics"] = self.metrics.to_dict()
         return data
 
 
@@ -91,10 +188,11 @@ class RunLock:
     def is_stale(self, now: float, stale_after_s: float, host: str) -> bool:
         if now - self.heartbeat_at > stale_after_s:
             return True
-        return self.host == host and not _pid_alive(self.pid)
+        return self.host == host and not pid_alive(self.pid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -83,6 +83,11 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
-# One function per version; version N's function migrates a store at N-1 to N.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2]
+def _v3(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
+    db.execute("ALTER TABLE runs ADD COLUMN transient INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX runs_by_restart ON runs (restart_of)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
 STATE_VERSION = len(MIGRATIONS)

@@ -20,8 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from calve.catalog import calve_home
-from calve.errors import StateStoreError
-from calve.state.records import CheckpointRecord, RunLock, RunRecord, RunStatus, StepRunRecord
+from calve.errors import CalveError, StateStoreError
+from calve.state.records import (
+    ACTIVE,
+    CheckpointRecord,
+    RunLock,
+    RunRecord,
+    RunStatus,
+    StepMetrics,
+    StepRunRecord,
+    pid_alive,
+)
 from calve.state.schema import MIGRATIONS, STATE_VERSION
 
 
@@ -87,6 +96,22 @@ class StateStore:
                 ),
             )
 
+    def mirror_checkpoint(
+        self, consumer: str, checkpoint: Any, target_table: str, target_snapshot_id: int | None
+    ) -> None:
+        """Mirror a checkpoint a consumer committed (a `calve.write.consumer.CheckpointMirror`)."""
+        self.record_checkpoint(
+            CheckpointRecord(
+                consumer=consumer,
+                source_table=checkpoint.source_table,
+                source_uuid=checkpoint.source_uuid,
+                snapshot_id=checkpoint.snapshot_id,
+                target_table=target_table,
+                target_snapshot_id=target_snapshot_id,
+                updated_at=time.time(),
+            )
+        )
+
     def checkpoints(self, consumer: str | None = None) -> list[CheckpointRecord]:
         query = "SELECT * FROM consumer_checkpoints"
         params: tuple[str, ...] = ()
@@ -105,8 +130,8 @@ class StateStore:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
                      logical_date, params, status, created_at, started_at, finished_at, pins, restart_of,
-                     host, pid, error)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     host, pid, error, attempt, transient)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     run.run_id,
                     run.workflow,
@@ -124,6 +149,8 @@ class StateStore:
                     run.host,
                     run.pid,
                     run.error,
+                    run.attempt,
+                    int(run.transient),
                 ),
             )
             if cursor.rowcount and run.trigger_slot is not None:
@@ -136,7 +163,7 @@ class StateStore:
             return bool(cursor.rowcount)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        allowed = {"status", "started_at", "finished_at", "pins", "host", "pid", "error"}
+        allowed = {"status", "started_at", "finished_at", "pins", "host", "pid", "error", "transient"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update run fields {sorted(unknown)}")
@@ -165,7 +192,7 @@ class StateStore:
                     step.started_at,
                     step.finished_at,
                     step.cpu_s,
-                    json.dumps(step.metrics, default=str, sort_keys=True),
+                    json.dumps(step.metrics.to_dict(), default=str, sort_keys=True),
                     step.error,
                 ),
             )
@@ -206,7 +233,7 @@ class StateStore:
                 started_at=r[5],
                 finished_at=r[6],
                 cpu_s=r[7],
-                metrics=json.loads(r[8]),
+                metrics=StepMetrics.from_dict(json.loads(r[8])),
                 error=r[9],
             )
             for r in rows
@@ -247,17 +274,13 @@ class StateStore:
                 if holder.run_id != run_id and not holder.is_stale(now, stale_after_s, host):
                     return holder
                 if holder.run_id != run_id:
-                    db.execute(
-                        """UPDATE runs SET status = ?, finished_at = ?, error = ?
-                           WHERE run_id = ? AND status = ?""",
-                        (
-                            RunStatus.FAILED.value,
-                            now,
-                            f"the run stopped without finishing (process {holder.pid} on {holder.host} is "
-                            "gone or stopped heartbeating); its committed steps stand, rerun to finish",
-                            holder.run_id,
-                            RunStatus.RUNNING.value,
-                        ),
+                    _end_run(
+                        db,
+                        holder.run_id,
+                        RunStatus.FAILED,
+                        f"the run stopped without finishing (process {holder.pid} on {holder.host} is "
+                        "gone or stopped heartbeating); its committed steps stand, rerun to finish",
+                        now,
                     )
             db.execute(
                 "INSERT OR REPLACE INTO run_locks VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,6 +298,71 @@ class StateStore:
     def release_lock(self, workflow: str, run_id: str) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM run_locks WHERE workflow = ? AND run_id = ?", (workflow, run_id))
+
+    def reap_dead_runs(self, workflow: str | None = None) -> list[str]:
+        """Mark failed every active run of this host whose process is gone; returns their ids.
+
+        Called wherever runs are looked at (`calve runs`, a restart, the scheduler), so a killed run is
+        known to be dead the moment anyone looks, not only when the next run takes its lock.
+        """
+        host = socket.gethostname()
+        now = time.time()
+        reaped = []
+        with self._connect() as db:
+            query = "SELECT run_id, pid FROM runs WHERE host = ? AND status IN (?, ?)"
+            params: list[Any] = [host, *(s.value for s in ACTIVE)]
+            if workflow is not None:
+                query += " AND workflow = ?"
+                params.append(workflow)
+            for run_id, pid in db.execute(query, params).fetchall():
+                if pid is None or pid == os.getpid() or pid_alive(pid):
+                    continue
+                _end_run(
+                    db,
+                    run_id,
+                    RunStatus.FAILED,
+                    f"interrupted: its process {pid} on {host} is gone; its committed steps stand, "
+                    "restart it to finish (calve run WORKFLOW --restart RUN_ID)",
+                    now,
+                )
+                reaped.append(run_id)
+        return reaped
+
+    def cancel_run(self, run_id: str, reason: str = "cancelled by calve runs cancel") -> RunRecord:
+        """Mark an active run (and its running steps) cancelled and free its lock.
+
+        Refuses a run whose process is alive on this host: stop that process first. A run of another
+        host cannot be checked from here; cancel it only when you know its process is gone.
+        """
+        host = socket.gethostname()
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise CalveError(f"no run {run_id!r}; list runs with `calve runs`")
+            run = _run(row)
+            if not run.status.active:
+                raise CalveError(f"run {run_id} is {run.status.value} already; only a queued or running run")
+            if run.host == host and run.pid is not None and run.pid != os.getpid() and pid_alive(run.pid):
+                raise CalveError(
+                    f"run {run_id} is still running as process {run.pid} on this host; stop it first "
+                    f"(kill {run.pid}): its committed steps stand, and it is then cancelled on sight"
+                )
+            _end_run(db, run_id, RunStatus.CANCELLED, reason, time.time())
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run(row)
+
+    def end_run(self, run_id: str, status: RunStatus, error: str) -> None:
+        """End an active run with `status` (failed, cancelled): its running steps too; free its lock."""
+        with self._connect() as db:
+            _end_run(db, run_id, status, error, time.time())
+
+    def restarted_by(self, run_id: str) -> RunRecord | None:
+        """The run that restarted `run_id`, if one did."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM runs WHERE restart_of = ? ORDER BY created_at LIMIT 1", (run_id,)
+            ).fetchone()
+        return _run(row) if row else None
 
     def locks(self) -> list[RunLock]:
         with self._connect() as db:
@@ -299,4 +387,20 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
         host=row[13],
         pid=row[14],
         error=row[15],
+        attempt=row[16],
+        transient=bool(row[17]),
     )
+
+
+def _end_run(db: sqlite3.Connection, run_id: str, status: RunStatus, error: str, now: float) -> None:
+    """End an active run with `status`: its running steps end with it, its lock is freed."""
+    active = tuple(s.value for s in ACTIVE)
+    db.execute(
+        "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ? AND status IN (?, ?)",
+        (status.value, now, error, run_id, *active),
+    )
+    db.execute(
+        "UPDATE step_runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ? AND status IN (?, ?)",
+        (status.value, now, f"{status.value} with its run: {error}", run_id, *active),
+    )
+    db.execute("DELETE FROM run_locks WHERE run_id = ?", (run_id,))

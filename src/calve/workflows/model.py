@@ -16,6 +16,7 @@ from typing import Any
 
 from calve.errors import ConfigError, did_you_mean
 from calve.workflows.values import PARAM_TYPES, RELATIVE_DATE
+from calve.write.modes import WriteMode as WriteMode  # workflow files use calve.write's modes
 
 
 class ReadKind(StrEnum):
@@ -31,12 +32,6 @@ class ReadKind(StrEnum):
     @property
     def incremental(self) -> bool:
         return self is not ReadKind.TABLE
-
-
-class WriteMode(StrEnum):
-    APPEND = "append"
-    MERGE = "merge"
-    OVERWRITE = "overwrite"
 
 
 class StepKind(StrEnum):
@@ -118,6 +113,13 @@ class InputSpec:
     filter: tuple[Predicate, ...] = ()
     columns: tuple[str, ...] = ()  # projection (all columns when empty)
     match: str | None = None  # another input whose key tuples this one's rows must have
+    # `ranges: {col: month}`: widen that column's change range to whole days, months or years
+    # (values.GRAINS; values.widen), for a range overwrite at that grain
+    range_grains: tuple[tuple[str, str], ...] = ()
+
+    def range_grain(self, column: str) -> str | None:
+        """The grain a `ranges` column's change range is widened to, or None to keep it as is."""
+        return dict(self.range_grains).get(column)
 
 
 @dataclass(frozen=True)

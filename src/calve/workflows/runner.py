@@ -1,16 +1,20 @@
-"""Running a workflow: pin the sources, prepare each step's inputs, run it, commit exactly once, record.
+"""Running a workflow: pin the sources, capture each step's changes once, run, commit exactly once, record.
 
 A run, step by step:
 
-1. Take the workflow's run lock in the state store (a killed run's lock is taken over, see StateStore).
-2. Pin every source table (read by a step, written by none) at its current snapshot: every step of the
-   run sees the same snapshot. A table written by a step is pinned at the snapshot that step committed.
-3. For each step, in dependency order: capture each incremental input's changes since the step's
-   checkpoint (stored in the step's output table) up to the pin; read them as the step declares (ICDC
-   table, inserted rows, changelog, changed keys) or read the pinned table; inject the parameters;
-   run the SQL or Python; write the result with the step's write mode, in the same commit that
-   advances the step's checkpoints. A step whose incremental inputs hold no change is skipped.
-4. Record every step (timings, CPU, rows/files/bytes read and written, snapshots) and the run status.
+1. `Runner.pending` pins every source table (read by a step, written by none) at its current snapshot
+   and captures, once, the changes each step has pending on them since its checkpoint (stored in the
+   step's output table). The scheduler decides from this very value whether to start a run, and
+   hands it to `Runner.run`, which uses it as is: nothing is captured twice.
+2. The run takes the workflow's run lock in the state store (a dead run's lock is taken over).
+3. For each step, in dependency order: read its inputs as declared (`calve.workflows.inputs`: ICDC
+   table, inserted rows, changelog, changed keys, ranges, or a pinned table), inject the parameters,
+   run the SQL or Python, and write the result with the step's write mode in the same commit that
+   advances the step's checkpoints (`calve.workflows.outputs`). A table written by a step is pinned
+   at the snapshot that step committed; a step whose incremental inputs hold no change is skipped.
+4. Every step is recorded (timings, CPU, typed metrics) and the run ends succeeded, skipped or
+   failed; a failure is marked transient (a commit conflict, an I/O error: the scheduler retries it)
+   or terminal (SQL, validation, data: it waits for a fix).
 
 Because each step's output and checkpoint advance in one commit, rerunning after a failure or a kill
 at any point processes exactly what is still pending: the tables end as an uninterrupted run leaves
@@ -21,89 +25,70 @@ read whole tables and are not incremental), reusing its pins.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import (
-    AlwaysFalse,
-    AlwaysTrue,
-    And,
-    BooleanExpression,
-    EqualTo,
-    GreaterThan,
-    GreaterThanOrEqual,
-    In,
-    IsNull,
-    LessThan,
-    LessThanOrEqual,
-    NotEqualTo,
-    NotNull,
-)
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.table import Table
 
 from calve import _faults
-from calve.capture.changelog import compute_changelog, read_tasks, snapshot_schema
 from calve.capture.changes import ChangeSet, capture_changes
-from calve.capture.icdc import IcdcTable
-from calve.capture.ranges import ColumnRange, change_ranges
 from calve.catalog import load_table
 from calve.engines import Engine
-from calve.errors import CalveError, RowLevelChangesError, RunLockedError, SqlError, StepFailedError
-from calve.read.planning import plan_files, read_files
-from calve.state import RunRecord, RunStatus, StateStore, StepRunRecord
-from calve.workflows.model import (
-    InputColumnRef,
-    InputSpec,
-    ParamRef,
-    Predicate,
-    ReadKind,
-    StepKind,
-    StepSpec,
-    Workflow,
-    WriteMode,
-)
+from calve.errors import CalveError, RunLockedError, SqlError, StepFailedError
+from calve.state import RESTARTABLE, RunRecord, RunStatus, StateStore, StepMetrics, StepRunRecord
+from calve.workflows.injection import run_values
+from calve.workflows.inputs import StepInputs, read_inputs
+from calve.workflows.model import StepKind, StepSpec, Workflow
+from calve.workflows.outputs import write_output
+from calve.workflows.python_steps import StepContext, call_python
 from calve.write.compaction import compact
 from calve.write.consumer import Consumer
-from calve.write.merge import plan_key_files, read_key_files
-from calve.write.tables import conform, load_or_create
+
+if TYPE_CHECKING:
+    from calve.project import Project
 
 HEARTBEAT_S = 15.0
+DEFAULT_LOCK_STALE_AFTER_S = 600.0
+
+__all__ = ["Pending", "RunResult", "Runner", "StepContext", "new_run_id"]
 
 
-@dataclass
-class StepContext:
-    """What a Python step receives: its inputs as Arrow tables, the injected params, and helpers."""
+@dataclass(frozen=True)
+class Pending:
+    """What a run of a workflow would process, captured once from the catalog.
 
-    run_id: str
+    `pins` are the sources' current snapshots, `changes` each step's change set per source (from its
+    checkpoint to the pin). A step that reads a table written by another step of the workflow has
+    its changes captured when it runs, after that step committed.
+    """
+
     workflow: str
-    step: str
-    trigger: str
-    logical_date: dt.date
-    params: dict[str, Any]
-    inputs: dict[str, pa.Table]
-    ranges: dict[str, dict[str, ColumnRange]]
-    icdc_tables: dict[str, str]
-    changes: dict[str, ChangeSet]
-    catalog: Catalog
-    engine: Engine
+    pins: Mapping[str, int | None]
+    tables: Mapping[str, Table]  # the loaded sources (and the steps' targets that exist)
+    changes: Mapping[str, Mapping[str, ChangeSet]]  # step id -> source table -> change set
+    always_runs: bool  # some step reads whole tables, or changes of a table written in the run
 
-    def sql(self, query: str, **params: Any) -> pa.Table | None:
-        """Run SQL over this step's inputs with the project's engine (values bound as $name)."""
-        return self.engine.run(query, dict(self.inputs), {**self.params, **params})
+    def source_pending(self, table: str) -> bool:
+        """Whether some step has changes of source `table` to process."""
+        return any(not by_table[table].is_empty for by_table in self.changes.values() if table in by_table)
+
+    @property
+    def anything(self) -> bool:
+        """Whether a run would do anything: a change is pending, or some step always runs."""
+        return self.always_runs or any(
+            not cs.is_empty for by_table in self.changes.values() for cs in by_table.values()
+        )
 
 
 @dataclass
@@ -119,25 +104,41 @@ class RunResult:
         return {**self.run.to_dict(), "steps": [s.to_dict() for s in self.steps]}
 
 
-@dataclass
-class _Prepared:
-    """One step's inputs, ready to run."""
-
-    tables: dict[str, pa.Table] = field(default_factory=dict)
-    changes: dict[str, ChangeSet] = field(default_factory=dict)
-    ranges: dict[str, dict[str, ColumnRange]] = field(default_factory=dict)
-    icdc: dict[str, IcdcTable] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def has_changes(self) -> bool:
-        return any(not cs.is_empty for cs in self.changes.values())
-
-
 def new_run_id(now: float | None = None) -> str:
     stamp = dt.datetime.fromtimestamp(now or time.time(), dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
+
+
+class _Run:
+    """The mutable side of one run, kept in one place: pins and loaded tables, step results."""
+
+    def __init__(self, record: RunRecord, pending: Pending) -> None:
+        self.record = record
+        self.pins: dict[str, int | None] = dict(pending.pins)
+        self.tables: dict[str, Table] = dict(pending.tables)
+        self.unused_changes = {step: dict(by_table) for step, by_table in pending.changes.items()}
+        self.published: dict[str, StepInputs] = {}  # step id -> inputs an `icdc:` step published
+        self.statuses: list[RunStatus] = []
+
+    def pin(self, name: str, table: Table | None) -> None:
+        """Pin `name` at `table`'s current snapshot (None: the table does not exist yet)."""
+        snapshot = table.current_snapshot() if table is not None else None
+        self.pins[name] = snapshot.snapshot_id if snapshot else None
+        if table is not None:
+            self.tables[name] = table
+
+    def load(self, name: str, loader: Callable[[str], Table]) -> None:
+        """Load a table not loaded yet; pin it now unless it is pinned (a restart reuses its pins)."""
+        if name in self.tables:
+            return
+        if name in self.pins:
+            self.tables[name] = loader(name)
+        else:
+            self.pin(name, loader(name))
+
+    def take_changes(self, step: str, table: str) -> ChangeSet | None:
+        """The change set captured for `step` before the run, once (a foreach iteration recaptures)."""
+        return self.unused_changes.get(step, {}).pop(table, None)
 
 
 class Runner:
@@ -148,7 +149,7 @@ class Runner:
         catalog: Catalog,
         state: StateStore,
         engine: Engine,
-        lock_stale_after_s: float = 600.0,
+        lock_stale_after_s: float = DEFAULT_LOCK_STALE_AFTER_S,
         progress: Callable[[str], None] = lambda _: None,
         python_path: list[str] | None = None,
     ) -> None:
@@ -158,6 +159,73 @@ class Runner:
         self.lock_stale_after_s = lock_stale_after_s
         self.progress = progress
         self.python_path = python_path or []
+
+    @classmethod
+    def for_project(cls, project: Project, progress: Callable[[str], None] = lambda _: None) -> Runner:
+        """The runner of a project: its catalog, state store, engine, lock settings and Python path."""
+        return cls(
+            project.catalog,
+            project.state,
+            project.engine(),
+            lock_stale_after_s=project.settings.lock_stale_after_s,
+            progress=progress,
+            python_path=[str(project.root)],
+        )
+
+    # ---- what is pending ------------------------------------------------------------------
+
+    def pending(
+        self,
+        workflow: Workflow,
+        pins: Mapping[str, int | None] | None = None,
+        tables: dict[str, Table] | None = None,
+    ) -> Pending:
+        """Pin the sources (now, or at `pins`) and capture each step's pending changes on them, once.
+
+        `tables` is a cache of loaded tables shared between calls (the scheduler keeps one per tick);
+        a source whose current snapshot is a step's checkpoint costs no manifest read.
+        """
+        tables = {} if tables is None else tables
+
+        def table(name: str) -> Table:
+            if name not in tables:
+                tables[name] = load_table(self.catalog, name)
+            return tables[name]
+
+        sources = sorted(workflow.source_tables)
+        if pins is None:
+            pins = {name: _snapshot_id(table(name)) for name in sources}
+        used = {name: table(name) for name in sources}
+        changes: dict[str, dict[str, ChangeSet]] = {}
+        always_runs = False
+        for step in workflow.steps:
+            incremental = step.incremental_inputs
+            if not incremental:
+                always_runs |= step.kind is not StepKind.ICDC
+                continue
+            target = self._target(step, tables)
+            if target is not None and step.output is not None:
+                used[step.output.table] = target
+            consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
+            for spec in incremental:
+                if spec.table not in pins:
+                    always_runs = True  # written by an upstream step of this run: decided when it runs
+                    continue
+                by_table = changes.setdefault(step.id, {})
+                if spec.table not in by_table:
+                    by_table[spec.table] = _pending(consumer, used[spec.table], target, pins[spec.table])
+        return Pending(workflow.id, dict(pins), used, changes, always_runs)
+
+    def _target(self, step: StepSpec, tables: dict[str, Table]) -> Table | None:
+        if step.output is None:
+            return None
+        name = step.output.table
+        if name not in tables:
+            try:
+                tables[name] = self.catalog.load_table(name)
+            except NoSuchTableError:
+                return None
+        return tables[name]
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -171,11 +239,14 @@ class Runner:
         logical_date: dt.date | None = None,
         restart_of: str | None = None,
         skip_if_no_changes: bool = False,
+        pending: Pending | None = None,
+        attempt: int = 1,
     ) -> RunResult | None:
         """Run `workflow` once now. Returns None if `trigger_slot` already had its run (scheduler restart).
 
-        With `skip_if_no_changes`, a run whose incremental inputs hold no change at all is recorded as
-        skipped without running anything (a schedule fired, nothing was pending).
+        `pending` is what `Runner.pending` captured (the scheduler passes the value it decided on);
+        without it the run captures it. With `skip_if_no_changes`, a run with nothing pending is
+        recorded as skipped without running anything (a schedule fired, nothing was pending).
         """
         previous = self._restart_source(workflow, restart_of)
         if previous is not None:
@@ -197,20 +268,21 @@ class Runner:
             restart_of=restart_of,
             host=socket.gethostname(),
             pid=os.getpid(),
+            attempt=attempt,
         )
         holder = self.state.acquire_lock(workflow.id, record.run_id, self.lock_stale_after_s)
         if holder is not None:
             raise RunLockedError(
                 f"workflow {workflow.id!r} is already running (run {holder.run_id}, process {holder.pid} on "
-                f"{holder.host}, since {_ago(holder.acquired_at)}); at most one run per workflow at a time. "
-                "Wait for it, or see `calve runs show " + holder.run_id + "`"
+                f"{holder.host}, since {_clock(holder.acquired_at)}); at most one run per workflow at a "
+                f"time. Wait for it, or see `calve runs show {holder.run_id}`"
             )
         try:
             if not self.state.create_run(record):
                 return None  # this slot already has its run
             result = RunResult(record)
             with self._heartbeat(workflow.id, record.run_id):
-                self._execute(workflow, record, result, previous, skip_if_no_changes)
+                self._execute(workflow, result, previous, skip_if_no_changes, pending)
             return result
         finally:
             self.state.release_lock(workflow.id, record.run_id)
@@ -218,14 +290,22 @@ class Runner:
     def _restart_source(self, workflow: Workflow, restart_of: str | None) -> RunRecord | None:
         if restart_of is None:
             return None
+        self.state.reap_dead_runs(workflow.id)  # a killed run is failed the moment anyone looks
         previous = self.state.run(restart_of)
         if previous is None or previous.workflow != workflow.id:
             raise CalveError(
                 f"no run {restart_of!r} of workflow {workflow.id!r}; list runs with `calve runs`"
             )
-        if previous.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        if previous.status not in RESTARTABLE:
             raise CalveError(
-                f"run {restart_of} {previous.status.value}; only a failed or cancelled run can be restarted"
+                f"run {restart_of} is {previous.status.value}; "
+                "only a failed or cancelled run can be restarted"
+            )
+        again = self.state.restarted_by(restart_of)
+        if again is not None:
+            raise CalveError(
+                f"run {restart_of} was restarted already by run {again.run_id} ({again.status.value}); "
+                f"restart that one if it failed"
             )
         return previous
 
@@ -249,57 +329,61 @@ class Runner:
     def _execute(
         self,
         workflow: Workflow,
-        record: RunRecord,
         result: RunResult,
         previous: RunRecord | None,
         skip_if_no_changes: bool,
+        pending: Pending | None,
     ) -> None:
-        record.status = RunStatus.RUNNING
-        record.started_at = time.time()
-        pins = dict(previous.pins) if previous else self._pin_sources(workflow)
-        record.pins = pins
-        self.state.update_run(record.run_id, status=record.status, started_at=record.started_at, pins=pins)
-        done_before = self._succeeded_steps(previous) if previous else set()
+        record = result.run
+        if previous is not None:
+            pending = self.pending(workflow, pins=previous.pins)
+        elif pending is None:
+            pending = self.pending(workflow)
+        record = replace(record, status=RunStatus.RUNNING, started_at=time.time(), pins=dict(pending.pins))
+        result.run = record
+        self.state.update_run(
+            record.run_id, status=record.status, started_at=record.started_at, pins=record.pins
+        )
         self.progress(
             f"run {record.run_id} of {workflow.id} ({record.trigger}, logical date {record.logical_date})"
         )
-
-        if skip_if_no_changes and not self._anything_pending(workflow, pins):
-            self._finish(record, RunStatus.SKIPPED, "no changes pending on any incremental input")
-            self.progress("  nothing pending: skipped")
+        if skip_if_no_changes and not pending.anything:
+            self._finish(result, RunStatus.SKIPPED, "no changes pending on any incremental input")
             return
 
-        published: dict[str, _Prepared] = {}
-        statuses: list[RunStatus] = []
+        run = _Run(record, pending)
+        done_before = self._succeeded_steps(previous) if previous else set()
         try:
             for step in workflow.steps:
                 if step.id in done_before:
-                    step_record = StepRunRecord(
+                    assert previous is not None
+                    skipped = StepRunRecord(
                         record.run_id,
                         step.id,
                         RunStatus.SKIPPED,
-                        metrics={"reason": f"succeeded in run {previous.run_id if previous else ''}"},
+                        metrics=StepMetrics(reason=f"succeeded in run {previous.run_id}"),
                     )
-                    self.state.record_step(step_record)
-                    result.steps.append(step_record)
-                    statuses.append(RunStatus.SKIPPED)
+                    self.state.record_step(skipped)
+                    result.steps.append(skipped)
+                    run.statuses.append(RunStatus.SKIPPED)
                     continue
-                for step_record in self._run_step(workflow, step, record, pins, published):
-                    result.steps.append(step_record)
-                    statuses.append(step_record.status)
-                self.state.update_run(record.run_id, pins=pins)
+                self._run_step(workflow, step, run, result)
+                self.state.update_run(record.run_id, pins=run.pins)
         except StepFailedError as exc:
-            self._finish(record, RunStatus.FAILED, str(exc))
+            self._finish(result, RunStatus.FAILED, str(exc), transient=exc.transient)
             return
-        everything_skipped = statuses and all(s is RunStatus.SKIPPED for s in statuses)
-        self._finish(record, RunStatus.SKIPPED if everything_skipped else RunStatus.SUCCEEDED, None)
+        everything_skipped = run.statuses and all(s is RunStatus.SKIPPED for s in run.statuses)
+        self._finish(result, RunStatus.SKIPPED if everything_skipped else RunStatus.SUCCEEDED, None)
 
-    def _finish(self, record: RunRecord, status: RunStatus, error: str | None) -> None:
-        record.status = status
-        record.error = error
-        record.finished_at = time.time()
-        self.state.update_run(record.run_id, status=status, error=error, finished_at=record.finished_at)
-        took = record.finished_at - (record.started_at or record.created_at)
+    def _finish(
+        self, result: RunResult, status: RunStatus, error: str | None, transient: bool = False
+    ) -> None:
+        record = replace(result.run, status=status, error=error, finished_at=time.time(), transient=transient)
+        result.run = record
+        self.state.update_run(
+            record.run_id, status=status, error=error, finished_at=record.finished_at, transient=transient
+        )
+        took = (record.finished_at or 0.0) - (record.started_at or record.created_at)
         self.progress(f"run {record.run_id} {status.value} in {took:.1f}s" + (f": {error}" if error else ""))
 
     def _succeeded_steps(self, previous: RunRecord) -> set[str]:
@@ -313,532 +397,186 @@ class Runner:
             if all(r.status in (RunStatus.SUCCEEDED, RunStatus.SKIPPED) for r in rs)
         }
 
-    def _pin_sources(self, workflow: Workflow) -> dict[str, Any]:
-        pins: dict[str, Any] = {}
-        for name in sorted(workflow.source_tables):
-            table = load_table(self.catalog, name)
-            snapshot = table.current_snapshot()
-            pins[name] = snapshot.snapshot_id if snapshot else None
-        return pins
-
-    def _anything_pending(self, workflow: Workflow, pins: dict[str, Any]) -> bool:
-        """Whether some step has a change pending on an incremental input (or reads whole tables)."""
-        for step in workflow.steps:
-            if not step.incremental_inputs:
-                if step.kind is not StepKind.ICDC:
-                    return True
-                continue
-            for spec in step.incremental_inputs:
-                if spec.table not in pins:
-                    return True  # written by an upstream step of this run: decided when it runs
-                if not self._pending(workflow, step, spec, pins[spec.table]).is_empty:
-                    return True
-        return False
-
     # ---- one step ---------------------------------------------------------------------------
 
-    def _run_step(
-        self,
-        workflow: Workflow,
-        step: StepSpec,
-        record: RunRecord,
-        pins: dict[str, Any],
-        published: dict[str, _Prepared],
-    ) -> list[StepRunRecord]:
+    def _run_step(self, workflow: Workflow, step: StepSpec, run: _Run, result: RunResult) -> None:
         iterations: list[tuple[int, Any]] = [(-1, None)]
         if step.foreach is not None:
-            values = record.params.get(step.foreach.param) or []
-            iterations = list(enumerate(values))
-        records = []
+            iterations = list(enumerate(run.record.params.get(step.foreach.param) or []))
+        consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
         for iteration, value in iterations:
-            step_record = StepRunRecord(
-                record.run_id,
+            started = StepRunRecord(
+                run.record.run_id,
                 step.id,
                 RunStatus.RUNNING,
                 iteration=iteration,
                 iteration_value=None if iteration < 0 else str(value),
                 started_at=time.time(),
             )
-            self.state.record_step(step_record)
+            self.state.record_step(started)
             label = step.id if iteration < 0 else f"{step.id}[{value}]"
             self.progress(f"  step {label} ...")
             cpu = time.process_time()
+            foreach = {step.foreach.alias: value} if step.foreach is not None else {}
             try:
-                extra = {step.foreach.alias: value} if step.foreach is not None else {}
-                status, metrics = self._step_body(workflow, step, record, pins, published, extra)
+                status, metrics = self._step_body(workflow, step, run, consumer, foreach)
             except Exception as exc:
-                step_record.status = RunStatus.FAILED
-                step_record.error = _describe_failure(workflow, step, exc)
-                step_record.finished_at = time.time()
-                step_record.cpu_s = time.process_time() - cpu
-                self.state.record_step(step_record)
-                self.progress(f"  step {label} failed: {step_record.error}")
-                raise StepFailedError(step_record.error) from exc
-            step_record.status = status
-            step_record.metrics = metrics
-            finished = step_record.finished_at = time.time()
-            step_record.cpu_s = time.process_time() - cpu
-            self.state.record_step(step_record)
-            self.progress(
-                f"  step {label} {status.value} in {finished - (step_record.started_at or finished):.2f}s"
-                f"{_summary(metrics)}"
+                error = _describe_failure(workflow, step, exc)
+                failed = replace(
+                    started,
+                    status=RunStatus.FAILED,
+                    error=error,
+                    finished_at=time.time(),
+                    cpu_s=time.process_time() - cpu,
+                )
+                self.state.record_step(failed)
+                result.steps.append(failed)
+                self.progress(f"  step {label} failed: {error}")
+                raise StepFailedError(error, transient=_transient(exc)) from exc
+            done = replace(
+                started,
+                status=status,
+                metrics=metrics,
+                finished_at=time.time(),
+                cpu_s=time.process_time() - cpu,
             )
-            records.append(step_record)
-        return records
+            self.state.record_step(done)
+            result.steps.append(done)
+            run.statuses.append(status)
+            took = (done.finished_at or 0.0) - (done.started_at or 0.0)
+            self.progress(f"  step {label} {status.value} in {took:.2f}s{_summary(metrics)}")
 
     def _step_body(
-        self,
-        workflow: Workflow,
-        step: StepSpec,
-        record: RunRecord,
-        pins: dict[str, Any],
-        published: dict[str, _Prepared],
-        extra: dict[str, Any],
-    ) -> tuple[RunStatus, dict[str, Any]]:
+        self, workflow: Workflow, step: StepSpec, run: _Run, consumer: Consumer, foreach: dict[str, Any]
+    ) -> tuple[RunStatus, StepMetrics]:
         if step.kind is StepKind.COMPACT:
-            assert step.compact is not None
-            table = load_table(self.catalog, step.compact.table)
-            result = compact(table, step.compact.small_file_bytes, step.compact.min_files)
-            table.refresh()
-            snapshot = table.current_snapshot()
-            pins[step.compact.table] = snapshot.snapshot_id if snapshot else None
-            metrics = {
-                "table": result.table,
-                "partitions": result.partitions,
-                "files_read": result.files_removed,
-                "bytes_read": result.bytes_read,
-                "rows_read": result.rows,
-                "rows_written": result.rows,
-                "files_written": result.files_written,
-                "committed_snapshot_id": result.snapshot_id,
-            }
-            if not result.partitions:
-                return RunStatus.SKIPPED, {**metrics, "reason": "nothing to compact"}
-            return RunStatus.SUCCEEDED, metrics
+            return self._compact(step, run)
         if step.kind is StepKind.ICDC:
             assert step.icdc_for is not None
-            target = workflow.step(step.icdc_for)
-            prepared = self._prepare(workflow, target, record, pins, extra, publish_only=True)
-            published[target.id] = prepared
-            return RunStatus.SUCCEEDED, {
-                **prepared.metrics,
-                "icdc_tables": {a: t.to_dict() for a, t in prepared.icdc.items()},
-            }
+            target_step = workflow.step(step.icdc_for)
+            target_consumer = Consumer(self.catalog, workflow.consumer_name(target_step), self.state)
+            inputs = self._inputs(workflow, target_step, run, target_consumer, foreach, publish_only=True)
+            run.published[target_step.id] = inputs
+            details = {alias: t.to_dict() for alias, t in inputs.icdc.items()}
+            return RunStatus.SUCCEEDED, replace(inputs.reads, icdc_tables=details)
 
-        if step.id in published:  # an icdc step prepared (and published) this step's inputs: read them
-            prepared = published.pop(step.id)
-            columns = {i.alias: i.columns or ("*",) for i in step.inputs}
-            for alias, icdc in prepared.icdc.items():
-                if icdc.files:
-                    scan = self.catalog.load_table(icdc.identifier).scan(selected_fields=columns[alias])
-                    rows = scan.to_arrow()
-                    prepared.tables[alias] = rows
-                    prepared.metrics["rows_read"] += rows.num_rows
-                    prepared.metrics["files_read"] += icdc.files
-                    prepared.metrics["bytes_read"] += icdc.bytes
+        if step.id in run.published:  # an icdc step published this step's inputs: read their rows
+            inputs = run.published.pop(step.id).with_icdc_rows(step)
         else:
-            prepared = self._prepare(workflow, step, record, pins, extra)
-        metrics = dict(prepared.metrics)
-        if step.incremental_inputs and not prepared.has_changes:
-            metrics["reason"] = "no changes pending"
-            self._pin_output(step, pins)
-            return RunStatus.SKIPPED, metrics
+            inputs = self._inputs(workflow, step, run, consumer, foreach)
+        if step.incremental_inputs and not inputs.has_changes:
+            if step.output is not None:
+                run.pin(step.output.table, self._target(step, run.tables))
+            return RunStatus.SKIPPED, replace(inputs.reads, reason="no changes pending")
 
-        if step.kind is StepKind.SQL:
-            assert step.sql is not None
-            output = self.engine.run(step.sql, prepared.tables, prepared.params)
-        else:
-            assert step.python is not None
-            output = self._call_python(step.python, workflow, step, record, prepared)
+        output = self._compute(step, inputs)
         _faults.crash_point("runner.after_compute")
-
         if step.output is None:
-            metrics["rows_out"] = output.num_rows if output is not None else 0
-            return RunStatus.SUCCEEDED, metrics
+            return RunStatus.SUCCEEDED, replace(inputs.reads, rows_out=output.num_rows if output else 0)
         if output is None:
             raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
-        metrics.update(self._write(workflow, step, output, prepared, pins))
-        return RunStatus.SUCCEEDED, metrics
+        target, written = write_output(
+            self.catalog,
+            step,
+            output,
+            consumer,
+            self._target(step, run.tables),
+            inputs.changes,
+            inputs.params,
+            inputs.tables,
+        )
+        run.pin(step.output.table, target)
+        return RunStatus.SUCCEEDED, _combine(inputs.reads, written)
 
-    def _pin_output(self, step: StepSpec, pins: dict[str, Any]) -> None:
-        if step.output is None:
-            return
-        try:
-            table = self.catalog.load_table(step.output.table)
-        except NoSuchTableError:
-            pins[step.output.table] = None
-            return
-        snapshot = table.current_snapshot()
-        pins[step.output.table] = snapshot.snapshot_id if snapshot else None
-
-    def _pending(
+    def _inputs(
         self,
         workflow: Workflow,
         step: StepSpec,
-        spec: InputSpec,
-        until: int | None,
-        source: Table | None = None,
-    ) -> ChangeSet:
-        """The changes of an input since the step's checkpoint (in its output table) up to `until`."""
-        source = source or load_table(self.catalog, spec.table)
-        consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
-        assert step.output is not None
-        try:
-            target = self.catalog.load_table(step.output.table)
-        except NoSuchTableError:
-            return capture_changes(source, None, until)
-        return consumer.pending(source, target, until)
-
-    def _prepare(
-        self,
-        workflow: Workflow,
-        step: StepSpec,
-        record: RunRecord,
-        pins: dict[str, Any],
-        extra: dict[str, Any],
+        run: _Run,
+        consumer: Consumer,
+        foreach: dict[str, Any],
         publish_only: bool = False,
-    ) -> _Prepared:
-        prepared = _Prepared()
-        prepared.params = {
-            **record.params,
-            "run_id": record.run_id,
-            "workflow": workflow.id,
-            "step": step.id,
-            "trigger": record.trigger,
-            "logical_date": dt.date.fromisoformat(record.logical_date),
-            **extra,
-        }
-        rows_read = files_read = bytes_read = 0
-        snapshots: dict[str, Any] = {}
-        union: dict[str, list[ColumnRange]] = {}
-
-        def publish_union() -> None:  # $range_<column>_min/max: the union over the inputs so far
-            for column, ranges_of_column in union.items():
-                known = [r for r in ranges_of_column if r.min is not None]
-                prepared.params[f"range_{column}_min"] = min((r.min for r in known), default=None)
-                prepared.params[f"range_{column}_max"] = max((r.max for r in known), default=None)
-
-        # changes (and their ranges) first, then whole tables, whose filters may use them; an input
-        # whose filter uses another input's values comes last
-        ordered = sorted(
-            step.inputs,
-            key=lambda i: (
-                i.read.incremental is False,
-                i.match is not None or any(isinstance(_ref(p), InputColumnRef) for p in i.filter),
-            ),
-        )
-        for spec in ordered:
-            if not spec.read.incremental:
-                publish_union()
-            source = load_table(self.catalog, spec.table)
-            if spec.table not in pins:
-                snapshot = source.current_snapshot()
-                pins[spec.table] = snapshot.snapshot_id if snapshot else None
-            until = pins[spec.table]
-            prepared.params[f"{spec.alias}_snapshot_id"] = until
-            if not spec.read.incremental:
-                expression = self._expression(spec.filter, prepared)
-                keys = prepared.tables[spec.match] if spec.match is not None else None
-                fields = spec.columns or ("*",)
-                if until is None:
-                    table = source.schema().as_arrow().empty_table()
-                    files = []
-                else:
-                    projection = source.scan(snapshot_id=until, selected_fields=fields).projection()
-                    if keys is None:
-                        files = plan_files(source, expression, until)
-                        table = read_files(source, files, expression, projection)
-                    else:  # the files that may hold one of the keys, pruned by their bounds
-                        files = plan_key_files(source, keys, until, expression)
-                        table = read_key_files(source, files, keys, expression, projection)
-                rows_read += table.num_rows  # rows decoded from the files, before exact key matching
-                if keys is not None and keys.num_rows:  # the file pruning is coarse: keep exact tuples
-                    table = _semi_join(table, keys)
-                elif keys is not None:
-                    table = table.slice(0, 0)
-                prepared.tables[spec.alias] = table
-                files_read += len(files)
-                bytes_read += sum(t.file.file_size_in_bytes for t in files)
-                snapshots[spec.alias] = {"table": spec.table, "snapshot_id": until}
-                continue
-
-            change_set = self._pending(workflow, step, spec, until, source)
-            prepared.changes[spec.alias] = change_set
-            prepared.params[f"{spec.alias}_from_snapshot_id"] = change_set.from_snapshot_id_exclusive
-            snapshots[spec.alias] = {
-                "table": spec.table,
-                "from_snapshot_id": change_set.from_snapshot_id_exclusive,
-                "to_snapshot_id": change_set.to_snapshot_id_inclusive,
-                "snapshots": len(change_set.logical_snapshots),
-            }
-            if spec.ranges:
-                ranges = change_ranges(change_set, source.schema(), list(spec.ranges))
-                for column, column_range in ranges.items():
-                    if not column_range.complete:
-                        raise CalveError(
-                            f"input {spec.alias!r}: the change range of {spec.table}.{column} is unknown for "
-                            f"{column_range.files_without_bounds} file(s) without column bounds; enable "
-                            "column metrics on the table, or drop `ranges` and filter on the data instead"
-                        )
-                    prepared.params[f"{spec.alias}_{column}_min"] = column_range.min
-                    prepared.params[f"{spec.alias}_{column}_max"] = column_range.max
-                    union.setdefault(column, []).append(column_range)
-                prepared.ranges[spec.alias] = ranges
-            table, read = self._read_changes(workflow, step, spec, source, change_set, prepared, publish_only)
-            prepared.tables[spec.alias] = table
-            rows_read += table.num_rows
-            files_read += read[0]
-            bytes_read += read[1]
-        publish_union()
-        prepared.metrics = {
-            "rows_read": rows_read,
-            "files_read": files_read,
-            "bytes_read": bytes_read,
-            "inputs": snapshots,
-        }
-        if prepared.icdc:
-            prepared.metrics["icdc_tables"] = {a: t.identifier for a, t in prepared.icdc.items()}
-        return prepared
-
-    def _read_changes(
-        self,
-        workflow: Workflow,
-        step: StepSpec,
-        spec: InputSpec,
-        source: Table,
-        change_set: ChangeSet,
-        prepared: _Prepared,
-        publish_only: bool,
-    ) -> tuple[pa.Table, tuple[int, int]]:
-        schema = (
-            source.schema()
-            if change_set.to_snapshot_id_inclusive is None
-            else snapshot_schema(source, change_set.to_snapshot_id_inclusive)
-        )
-        if spec.read is ReadKind.RANGES:
-            return schema.as_arrow().empty_table(), (0, 0)
-        if spec.read is ReadKind.ICDC:
-            if not change_set.is_append_only:
-                ops = ", ".join(
-                    f"{s.snapshot_id} ({s.operation.value})" for s in change_set.row_level_snapshots
-                )
-                raise RowLevelChangesError(
-                    f"input {spec.alias!r}: {spec.table} has row-level changes in snapshots {ops}, which an "
-                    "ICDC table of appended files cannot hold; read it with read: inserted (new rows) or "
-                    "read: changelog (inserted and deleted rows)"
-                )
-            consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
-            icdc = consumer.icdc(source, change_set)
-            prepared.icdc[spec.alias] = icdc
-            prepared.params[f"{spec.alias}_icdc_table"] = icdc.identifier
-            if publish_only:
-                return schema.as_arrow().empty_table(), (0, 0)
-            icdc_table = self.catalog.load_table(icdc.identifier)
-            fields = spec.columns or ("*",)
-            empty = (schema.select(*spec.columns) if spec.columns else schema).as_arrow().empty_table()
-            rows = icdc_table.scan(selected_fields=fields).to_arrow() if icdc.files else empty
-            return rows, (icdc.files, icdc.bytes)
-        if spec.read is ReadKind.KEYS and change_set.is_append_only:
-            # new keys are in the appended files: read just the key columns
-            files = change_set.appended_files
-            from pyiceberg.table import FileScanTask
-
-            key_schema = schema.select(*spec.keys)
-            rows = read_tasks(source, key_schema, [FileScanTask(f.data_file) for f in files])
-            distinct = rows.group_by(list(spec.keys)).aggregate([])
-            return distinct, (len(files), sum(f.file_size_in_bytes for f in files))
-        log = compute_changelog(source, change_set)
-        read = (log.files_read, log.bytes_read)
-        if spec.read is ReadKind.INSERTED:
-            return log.inserted, read
-        if spec.read is ReadKind.CHANGELOG:
-            return log.to_arrow(), read
-        both = pa.concat_tables([log.inserted.select(list(spec.keys)), log.deleted.select(list(spec.keys))])
-        return both.group_by(list(spec.keys)).aggregate([]), read
-
-    def _call_python(
-        self, target: str, workflow: Workflow, step: StepSpec, record: RunRecord, prepared: _Prepared
-    ) -> pa.Table | None:
-        module_name, _, function_name = target.partition(":")
-        for path in self.python_path:
-            if path not in sys.path:
-                sys.path.insert(0, path)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise CalveError(
-                f"step {step.id!r}: cannot import {module_name!r} ({exc}); put the module in the project "
-                "folder or install it"
-            ) from None
-        function = getattr(module, function_name, None)
-        if not callable(function):
-            raise CalveError(f"step {step.id!r}: {module_name} has no function {function_name!r}")
-        context = StepContext(
+    ) -> StepInputs:
+        for spec in step.inputs:
+            run.load(spec.table, lambda name: load_table(self.catalog, name))
+        changes: dict[str, ChangeSet] = {}
+        target = self._target(step, run.tables)
+        for spec in step.incremental_inputs:
+            if spec.table not in changes:
+                captured = run.take_changes(step.id, spec.table)
+                if captured is None:
+                    captured = _pending(consumer, run.tables[spec.table], target, run.pins[spec.table])
+                changes[spec.table] = captured
+        record = run.record
+        base = run_values(
+            record.params,
             run_id=record.run_id,
             workflow=workflow.id,
             step=step.id,
             trigger=record.trigger,
             logical_date=dt.date.fromisoformat(record.logical_date),
-            params=prepared.params,
-            inputs=prepared.tables,
-            ranges=prepared.ranges,
-            icdc_tables={a: t.identifier for a, t in prepared.icdc.items()},
-            changes=prepared.changes,
-            catalog=self.catalog,
-            engine=self.engine,
+            foreach=foreach,
         )
-        output = function(context)
-        if output is None or isinstance(output, pa.Table):
-            return output
-        if isinstance(output, pa.RecordBatchReader):
-            return output.read_all()
-        raise CalveError(
-            f"step {step.id!r}: {target} returned {type(output).__name__}; return a pyarrow.Table (or None)"
+        return read_inputs(
+            step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only
         )
 
-    # ---- writing ----------------------------------------------------------------------------
+    def _compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
+        if step.kind is StepKind.SQL:
+            assert step.sql is not None
+            return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+        assert step.python is not None
+        return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
 
-    def _write(
-        self, workflow: Workflow, step: StepSpec, output: pa.Table, prepared: _Prepared, pins: dict[str, Any]
-    ) -> dict[str, Any]:
-        spec = step.output
-        assert spec is not None
-        deletes = None
-        if spec.delete_column is not None:
-            if spec.delete_column not in output.column_names:
-                raise CalveError(
-                    f"step {step.id!r}: delete_column {spec.delete_column!r} is not a column of the output"
-                )
-            flag = pc.fill_null(output.column(spec.delete_column).cast(pa.bool_()), False)
-            deletes = output.filter(flag).select(list(spec.keys))
-            output = output.filter(pc.invert(flag)).drop_columns([spec.delete_column])
-        target = load_or_create(
-            self.catalog, spec.table, output.schema, spec.partition_by, dict(spec.properties)
+    def _compact(self, step: StepSpec, run: _Run) -> tuple[RunStatus, StepMetrics]:
+        assert step.compact is not None
+        table = run.tables.get(step.compact.table) or load_table(self.catalog, step.compact.table)
+        compacted = compact(table, step.compact.small_file_bytes, step.compact.min_files)
+        table.refresh()
+        run.pin(step.compact.table, table)
+        metrics = StepMetrics(
+            output=compacted.table,
+            partitions=compacted.partitions,
+            files_read=compacted.files_removed,
+            bytes_read=compacted.bytes_read,
+            rows_read=compacted.rows,
+            rows_written=compacted.rows,
+            files_written=compacted.files_written,
+            committed_snapshot_id=compacted.snapshot_id,
         )
-        data = conform(output, target, step.id)
-        if spec.sort_by:
-            missing = [c for c in spec.sort_by if c not in data.column_names]
-            if missing:
-                raise CalveError(
-                    f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
-                )
-            data = data.sort_by([(c, "ascending") for c in spec.sort_by])
-        consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
-        changes = [prepared.changes[i.alias] for i in step.incremental_inputs]
-        # each source once, at the end of its range
-        by_table = {cs.table: cs for cs in changes}
-        if spec.mode is WriteMode.OVERWRITE:
-            result = consumer.commit(
-                target,
-                list(by_table.values()),
-                data,
-                mode="overwrite",
-                overwrite_filter=self._expression(spec.filter, prepared),
-            )
-        elif spec.mode is WriteMode.MERGE:
-            result = consumer.commit(
-                target, list(by_table.values()), data, mode="merge", keys=spec.keys, deletes=deletes
-            )
-        else:
-            result = consumer.commit(target, list(by_table.values()), data, mode="append")
-        target.refresh()
-        snapshot = target.current_snapshot()
-        pins[spec.table] = snapshot.snapshot_id if snapshot else None
-        metrics: dict[str, Any] = {
-            "rows_out": output.num_rows,
-            "rows_written": result.rows_written,
-            "rows_deleted": result.rows_deleted,
-            "files_written": result.files_written,
-            "bytes_written": result.bytes_written,
-            "files_removed": result.files_removed,
-            "committed_snapshot_id": result.snapshot_id,
-            "output": spec.table,
-            "mode": spec.mode.value,
-        }
-        if result.merge is not None:
-            metrics["merge"] = {
-                "files_read": result.merge.files_read,
-                "rows_read": result.merge.rows_read,
-                "bytes_read": result.merge.bytes_read,
-                "rows_matched": result.merge.rows_matched,
-                "files_rewritten": len(result.merge.deleted_files),
-            }
-            metrics["files_read"] = metrics.get("files_read", 0)
-        return metrics
-
-    def _expression(self, predicates: tuple[Predicate, ...], prepared: _Prepared) -> BooleanExpression:
-        expression: BooleanExpression = AlwaysTrue()
-        for predicate in predicates:
-            term = _term(predicate, lambda ref: _resolve(ref, prepared))
-            expression = term if isinstance(expression, AlwaysTrue) else And(expression, term)
-        return expression
+        if not compacted.partitions:
+            return RunStatus.SKIPPED, replace(metrics, reason="nothing to compact")
+        return RunStatus.SUCCEEDED, metrics
 
 
-def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
-    names = keys.column_names
-    missing = [n for n in names if n not in table.column_names]
-    if missing:
-        raise CalveError(f"match: the input has no column {missing[0]!r} (select it in `columns`)")
-    numbered = table.select(names).append_column("__calve_row", pa.array(range(table.num_rows), pa.int64()))
-    kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
-    row_ids = kept.column("__calve_row")
-    return table.take(pc.take(row_ids, pc.sort_indices(row_ids)))
+def _pending(consumer: Consumer, source: Table, target: Table | None, until: int | None) -> ChangeSet:
+    """A consumer's pending changes of `source` up to `until` (all of them before its first commit)."""
+    if target is None:
+        return capture_changes(source, None, until)
+    return consumer.pending(source, target, until)
 
 
-def _ref(predicate: Predicate) -> Any:
-    value = predicate.value
-    if isinstance(value, list):
-        return next((v for v in value if isinstance(v, InputColumnRef)), None)
-    return value
+def _snapshot_id(table: Table) -> int | None:
+    snapshot = table.current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
 
 
-def _resolve(value: Any, prepared: _Prepared) -> Any:
-    if isinstance(value, ParamRef):
-        return prepared.params.get(value.name)
-    if isinstance(value, InputColumnRef):
-        table = prepared.tables.get(value.alias)
-        if table is None or value.column not in table.column_names:
-            raise CalveError(
-                f"filter value ${value.alias}.{value.column}: input {value.alias!r} has no such column"
-            )
-        return pc.unique(table.column(value.column)).drop_null().to_pylist()
-    if isinstance(value, list):
-        return [_resolve(v, prepared) for v in value]
-    return value
+def _combine(reads: StepMetrics, written: StepMetrics) -> StepMetrics:
+    return replace(
+        written,
+        rows_read=reads.rows_read,
+        files_read=reads.files_read,
+        bytes_read=reads.bytes_read,
+        inputs=reads.inputs,
+        icdc_tables=reads.icdc_tables,
+    )
 
 
-def _term(predicate: Predicate, resolve: Callable[[Any], Any]) -> BooleanExpression:
-    """One predicate as a pyiceberg expression; comparing with a missing value (NULL) matches nothing."""
-    column, op = predicate.column, predicate.op
-    if op == "is_null":
-        return IsNull(column)  # type: ignore[call-arg,arg-type]
-    if op == "not_null":
-        return NotNull(column)  # type: ignore[call-arg,arg-type]
-    value = resolve(predicate.value)
-    if op == "in":
-        values = value if isinstance(value, list) else [value]
-        flat = [v for item in values for v in (item if isinstance(item, list) else [item]) if v is not None]
-        return In(column, flat) if flat else AlwaysFalse()  # type: ignore[call-arg,arg-type]
-    if op == "between":
-        low, high = value
-        if low is None or high is None:
-            return AlwaysFalse()
-        return And(_compare(GreaterThanOrEqual, column, low), _compare(LessThanOrEqual, column, high))
-    if value is None:
-        return AlwaysFalse()
-    comparisons: dict[str, type[BooleanExpression]] = {
-        "eq": EqualTo,
-        "ne": NotEqualTo,
-        "lt": LessThan,
-        "lte": LessThanOrEqual,
-        "gt": GreaterThan,
-        "gte": GreaterThanOrEqual,
-    }
-    return _compare(comparisons[op], column, value)
-
-
-def _compare(kind: type[BooleanExpression], column: str, value: Any) -> BooleanExpression:
-    return kind(column, value)  # type: ignore[call-arg]  # pyiceberg's predicates take (term, literal)
+def _transient(exc: BaseException) -> bool:
+    """Whether retrying may succeed: a concurrent commit, an I/O error; not SQL, validation or data."""
+    if isinstance(exc, CalveError):
+        return exc.transient
+    return isinstance(exc, CommitFailedException | OSError)
 
 
 def _describe_failure(workflow: Workflow, step: StepSpec, exc: BaseException) -> str:
@@ -860,18 +598,16 @@ def _describe_failure(workflow: Workflow, step: StepSpec, exc: BaseException) ->
     return f"step {step.id!r}: {type(exc).__name__}: {exc}{at}"
 
 
-def _summary(metrics: dict[str, Any]) -> str:
-    parts = []
-    if "rows_read" in metrics:
-        parts.append(f"{metrics['rows_read']} rows read")
-    if "rows_written" in metrics:
-        parts.append(f"{metrics['rows_written']} written")
-    if metrics.get("rows_deleted"):
-        parts.append(f"{metrics['rows_deleted']} replaced/deleted")
-    if "reason" in metrics:
-        parts.append(str(metrics["reason"]))
-    return f" ({', '.join(parts)})" if parts else ""
+def _summary(metrics: StepMetrics) -> str:
+    parts = [f"{metrics.rows_read} rows read"]
+    if metrics.rows_written is not None:
+        parts.append(f"{metrics.rows_written} written")
+    if metrics.rows_deleted:
+        parts.append(f"{metrics.rows_deleted} replaced/deleted")
+    if metrics.reason:
+        parts.append(metrics.reason)
+    return f" ({', '.join(parts)})"
 
 
-def _ago(timestamp: float) -> str:
+def _clock(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")

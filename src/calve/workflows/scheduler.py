@@ -1,17 +1,23 @@
 """The scheduler: evaluates every workflow's triggers, starts the due runs, and survives restarts.
 
-One tick, per workflow:
+One tick, per workflow (in the order of their ids):
 
-1. Recover: a run left queued or running by a process that is gone (a killed scheduler) is marked
-   failed and restarted from its first unfinished step, with the same pins and params, so that its
-   micro-batch is neither skipped nor done twice.
-2. Time triggers: the latest slot at or before now; if it is newer than the last slot fired, a run
+1. Recover: a run left queued or running by a process that is gone (a killed scheduler, a killed
+   `calve run`) is marked failed and restarted from its first unfinished step, with the same pins
+   and params, so that its micro-batch is neither skipped nor done twice. Manual runs included.
+2. Retry: a run that failed with a transient error (a commit conflict, an I/O error) is restarted
+   after a backoff (`retry_backoff_s`, doubling), at most `retry_attempts` times in all; each retry
+   is a run of its own (`trigger: retry N of RUN_ID`, `attempt: N+1`). Terminal errors wait for a fix.
+3. Time triggers: the latest slot at or before now; if it is newer than the last slot fired, a run
    is created for it (the slot is stored with the run, atomically). If the workflow reads changes and
    none is pending, the run is recorded as skipped.
-3. Incremental triggers: fire when any (or all) of the sources has changes past the checkpoints of
-   the steps that read it, and `min_interval` has passed since the workflow's last run started.
+4. Incremental triggers: fire when any (or all) of the sources has changes past the checkpoints of
+   the steps that read it, and `min_interval` has passed since the trigger last fired.
 
-Runs execute one at a time in the scheduler's process; `calve scheduler --once` does one tick.
+What is pending is captured once (`Runner.pending`) and the run processes exactly that. Tables are
+loaded once per tick; a run's outputs are reloaded after it, so a chain of incremental workflows
+(A writes what B reads) runs to its end within one tick, in id order. Runs execute one at a time in
+the scheduler's process; `calve scheduler --once` does one tick.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from calve.errors import CalveError, RunLockedError
+from pyiceberg.table import Table
+
+from calve.errors import CalveError, RunLockedError, TableNotFoundError
 from calve.project import Project
-from calve.state import RunStatus
+from calve.state import ACTIVE, RunRecord, RunStatus
 from calve.workflows.model import TriggerKind, TriggerSpec, Workflow
 from calve.workflows.runner import Runner, RunResult
 from calve.workflows.triggers import CronExpression, interval_slot, parse_slot, slot_key
 
 UTC = dt.UTC
+RETRY_ATTEMPTS = 3  # runs in all for one micro-batch whose failures are transient
+RETRY_BACKOFF_S = 30.0  # the first retry waits this long after the failure; each next one twice as long
 
 
 @dataclass
 class Firing:
+    """What one trigger did in a tick."""
+
     workflow: str
     trigger: str
     slot: str | None
@@ -50,6 +62,17 @@ class Firing:
             "note": self.note,
         }
 
+    def describe(self, now: dt.datetime | None = None) -> str:
+        """One log line: `STAMP WORKFLOW [TRIGGER @ SLOT]: run RUN_ID STATUS (note): error`."""
+        stamp = (now or dt.datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S")
+        what = f"{self.workflow} [{self.trigger}" + (f" @ {self.slot}" if self.slot else "") + "]"
+        if self.result is None:
+            return f"{stamp} {what}: {self.note}"
+        run = self.result.run
+        note = f" ({self.note})" if self.note else ""
+        error = f": {run.error}" if run.error else ""
+        return f"{stamp} {what}: run {run.run_id} {run.status.value}{note}{error}"
+
 
 class Scheduler:
     def __init__(
@@ -58,24 +81,40 @@ class Scheduler:
         runner: Runner,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC),
         log: Callable[[str], None] = lambda _: None,
+        retry_attempts: int = RETRY_ATTEMPTS,
+        retry_backoff_s: float = RETRY_BACKOFF_S,
     ) -> None:
         self.project = project
         self.runner = runner
         self.clock = clock
         self.log = log
+        self.retry_attempts = retry_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self._tables: dict[str, Table] = {}  # loaded once per tick
 
     def tick(self) -> list[Firing]:
         """Evaluate every trigger once and run what is due; returns what fired."""
+        self._tables = {}
+        self.project.state.reap_dead_runs()
         firings: list[Firing] = []
-        for workflow in self.project.workflows().values():
+        workflows = self.project.workflows()
+        for workflow_id in sorted(workflows):
+            workflow = workflows[workflow_id]
             try:
                 firings.extend(self._recover(workflow))
+                retry = self._retry(workflow)
+                if retry is not None:
+                    firings.append(retry)
                 for trigger in workflow.triggers:
                     firing = self._evaluate(workflow, trigger)
                     if firing is not None:
                         firings.append(firing)
             except RunLockedError as exc:
                 self.log(f"{workflow.id}: {exc}")
+            except TableNotFoundError as exc:
+                note = self._missing_table_note(workflow, exc)
+                self.log(f"{workflow.id}: {note}")
+                firings.append(Firing(workflow.id, "-", None, None, note))
             except CalveError as exc:  # one broken workflow does not stop the others
                 self.log(f"{workflow.id}: error: {exc}")
                 firings.append(Firing(workflow.id, "-", None, None, f"error: {exc}"))
@@ -86,38 +125,66 @@ class Scheduler:
         while not should_stop():
             started = time.monotonic()
             for firing in self.tick():
-                self.log(_describe(firing))
+                self.log(firing.describe())
             remaining = tick_s - (time.monotonic() - started)
             deadline = time.monotonic() + max(0.0, remaining)
             while time.monotonic() < deadline and not should_stop():
                 time.sleep(min(0.5, deadline - time.monotonic()))
         self.log("scheduler stopped")
 
+    def _run(self, workflow: Workflow, **kwargs: Any) -> RunResult | None:
+        try:
+            return self.runner.run(workflow, **kwargs)
+        finally:  # what the run wrote is reloaded by the next evaluation (chains run to their end)
+            for name in workflow.output_tables:
+                self._tables.pop(name, None)
+
     def _recover(self, workflow: Workflow) -> list[Firing]:
+        """Restart the runs of `workflow` that a dead process left queued or running."""
         state = self.project.state
         live = {lock.workflow: lock for lock in state.locks()}
+        lock = live.get(workflow.id)
         firings = []
-        for status in (RunStatus.RUNNING, RunStatus.QUEUED):
+        for status in sorted(ACTIVE):
             for run in state.runs(workflow.id, limit=20, status=status):
-                lock = live.get(workflow.id)
+                stale_after = self.runner.lock_stale_after_s
                 if (
                     lock is not None
                     and lock.run_id == run.run_id
-                    and not lock.is_stale(time.time(), self.runner.lock_stale_after_s, _host())
+                    and not lock.is_stale(time.time(), stale_after, _host())
                 ):
                     continue  # really running elsewhere
-                state.update_run(
+                state.end_run(
                     run.run_id,
-                    status=RunStatus.FAILED,
-                    finished_at=time.time(),
-                    error="interrupted: its process stopped before the run finished; "
-                    "restarted by the scheduler",
+                    RunStatus.FAILED,
+                    "interrupted: its process stopped before the run finished; restarted by the scheduler",
                 )
-                if lock is not None and lock.run_id == run.run_id:
-                    state.release_lock(workflow.id, run.run_id)
-                result = self.runner.run(workflow, trigger=f"recovery of {run.run_id}", restart_of=run.run_id)
-                firings.append(Firing(workflow.id, run.trigger, run.trigger_slot, result, "recovered"))
+                firings.append(self._restart(workflow, run, f"recovery of {run.run_id}", "recovered"))
+        # runs that died in another process before this tick (reaped on sight) are restarted too
+        for run in state.runs(workflow.id, limit=5, status=RunStatus.FAILED):
+            if run.error and run.error.startswith("interrupted") and state.restarted_by(run.run_id) is None:
+                firings.append(self._restart(workflow, run, f"recovery of {run.run_id}", "recovered"))
         return firings
+
+    def _retry(self, workflow: Workflow) -> Firing | None:
+        """Restart the last run of `workflow` if it failed transiently and its backoff has passed."""
+        runs = self.project.state.runs(workflow.id, limit=1)
+        if not runs:
+            return None
+        last = runs[0]
+        if last.status is not RunStatus.FAILED or not last.transient or last.attempt >= self.retry_attempts:
+            return None
+        backoff = self.retry_backoff_s * 2 ** (last.attempt - 1)
+        if time.time() - (last.finished_at or last.created_at) < backoff:
+            return None
+        if self.project.state.restarted_by(last.run_id) is not None:
+            return None
+        note = f"retry {last.attempt} of {self.retry_attempts - 1} after a transient failure"
+        return self._restart(workflow, last, f"retry {last.attempt} of {last.run_id}", note)
+
+    def _restart(self, workflow: Workflow, run: RunRecord, trigger: str, note: str) -> Firing:
+        result = self._run(workflow, trigger=trigger, restart_of=run.run_id, attempt=run.attempt + 1)
+        return Firing(workflow.id, run.trigger, run.trigger_slot, result, note)
 
     def _evaluate(self, workflow: Workflow, trigger: TriggerSpec) -> Firing | None:
         now = self.clock()
@@ -142,12 +209,14 @@ class Scheduler:
             if missed > 0:
                 note = f"caught up {missed} missed slot(s) in this run"
         reads_changes = any(s.incremental_inputs for s in workflow.steps)
-        result = self.runner.run(
+        pending = self.runner.pending(workflow, tables=self._tables) if reads_changes else None
+        result = self._run(
             workflow,
             trigger=trigger.key,
             trigger_slot=key,
             logical_date=slot.date(),
             skip_if_no_changes=reads_changes,
+            pending=pending,
         )
         if result is None:
             return None
@@ -157,42 +226,27 @@ class Scheduler:
         _, last_fired = self.project.state.last_slot(workflow.id, trigger.key)
         if last_fired is not None and now.timestamp() - last_fired < trigger.min_interval_s:
             return None  # batch bursts: wait for min_interval since this trigger last fired
-        pending = [self._source_pending(workflow, source) for source in trigger.sources]
-        fire = all(pending) if trigger.when == "all" else any(pending)
-        if not fire:
+        pending = self.runner.pending(workflow, tables=self._tables)
+        changed = [pending.source_pending(source) for source in trigger.sources]
+        if not (all(changed) if trigger.when == "all" else any(changed)):
             return None
         self.project.state.mark_fired(workflow.id, trigger.key, now.timestamp())
-        result = self.runner.run(workflow, trigger=trigger.key, logical_date=now.date())
+        result = self._run(workflow, trigger=trigger.key, logical_date=now.date(), pending=pending)
         return Firing(workflow.id, trigger.key, None, result)
 
-    def _source_pending(self, workflow: Workflow, source: str) -> bool:
-        from calve.catalog import load_table
-
-        table = load_table(self.runner.catalog, source)
-        snapshot = table.current_snapshot()
-        until = snapshot.snapshot_id if snapshot else None
-        for step in workflow.steps:
-            for spec in step.incremental_inputs:
-                if (
-                    spec.table == source
-                    and not self.runner._pending(workflow, step, spec, until, table).is_empty
-                ):
-                    return True
-        return False
+    def _missing_table_note(self, workflow: Workflow, exc: TableNotFoundError) -> str:
+        """A source that another workflow will create is not an error: the workflow waits for it."""
+        for other in self.project.workflows().values():
+            for table in other.output_tables & workflow.source_tables:
+                if table in str(exc):
+                    return (
+                        f"waiting: {table} does not exist yet; workflow {other.id!r} creates it with its "
+                        "first commit"
+                    )
+        return f"error: {exc}"
 
 
 def _host() -> str:
     import socket
 
     return socket.gethostname()
-
-
-def _describe(firing: Firing) -> str:
-    stamp = dt.datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    what = f"{firing.workflow} [{firing.trigger}" + (f" @ {firing.slot}" if firing.slot else "") + "]"
-    if firing.result is None:
-        return f"{stamp} {what}: {firing.note}"
-    run = firing.result.run
-    note = f" ({firing.note})" if firing.note else ""
-    error = f": {run.error}" if run.error else ""
-    return f"{stamp} {what}: run {run.run_id} {run.status.value}{note}{error}"

@@ -11,7 +11,8 @@ A crash before the commit leaves both the output and the checkpoint as they were
 leaves both advanced. The commit also asserts, inside the catalog's compare-and-swap, that the
 checkpoint is still the one the consumer read, so a concurrent run of the same consumer cannot
 commit the same changes twice (pyiceberg would otherwise rebase and retry the append).
-The SQLite state store only mirrors checkpoints for listing.
+A state store may mirror checkpoints for listing (`calve consumers`): pass it as `mirror`, and each
+commit reports its checkpoints to it. Reading (`checkpoints`, `pending`) never writes anything.
 
     consumer = Consumer(catalog, "daily_rollup")
     changes = consumer.pending(source, target)
@@ -24,12 +25,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import time
 import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
@@ -43,8 +43,8 @@ from calve import _faults
 from calve.capture.changes import ChangeSet, capture_changes
 from calve.capture.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
 from calve.errors import CalveError, CheckpointConflictError
-from calve.state import CheckpointRecord, StateStore
 from calve.write.merge import MergePlan, plan_merge
+from calve.write.modes import WriteMode
 from calve.write.mor import stage_merge_on_read
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
@@ -53,7 +53,6 @@ SUMMARY_CHECKPOINT = "calve.checkpoint"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,127}$")
 
 ALWAYS_TRUE = AlwaysTrue()
-WriteMode = Literal["append", "overwrite", "merge"]
 
 
 @dataclass(frozen=True)
@@ -98,10 +97,18 @@ class AssertCheckpointUnchanged(ValidatableTableRequirement):
             )
 
 
+class CheckpointMirror(Protocol):
+    """Where a consumer reports the checkpoints it committed (calve's state store is one)."""
+
+    def mirror_checkpoint(
+        self, consumer: str, checkpoint: Checkpoint, target_table: str, target_snapshot_id: int | None
+    ) -> None: ...
+
+
 class Consumer:
     """A named reader of source tables whose checkpoints live in the target table it writes."""
 
-    def __init__(self, catalog: Catalog, name: str, state: StateStore | None = None) -> None:
+    def __init__(self, catalog: Catalog, name: str, mirror: CheckpointMirror | None = None) -> None:
         if not _NAME.match(name):
             raise CalveError(
                 f"consumer name {name!r} is not valid: use a letter, then letters, digits, '_' or '-' "
@@ -109,7 +116,7 @@ class Consumer:
             )
         self.catalog = catalog
         self.name = name
-        self.state = state
+        self.mirror = mirror
 
     @property
     def property_key(self) -> str:
@@ -150,10 +157,8 @@ class Consumer:
             tx.set_properties({self.property_key: json.dumps(merged, sort_keys=True, separators=(",", ":"))})
 
     def pending(self, source: Table, target: Table, until: int | None = None) -> ChangeSet:
-        """The changes of `source` that this consumer has not yet committed into `target`."""
+        """The changes of `source` that this consumer has not yet committed into `target` (a pure read)."""
         checkpoint = self.checkpoint(target, source)
-        if checkpoint is not None:
-            self._mirror(target, checkpoint)  # heals a mirror that a crash after commit left behind
         return capture_changes(source, checkpoint.snapshot_id if checkpoint else None, until)
 
     def icdc(self, source: Table, changes: ChangeSet, *, appends_only: bool = False) -> IcdcTable:
@@ -172,7 +177,7 @@ class Consumer:
         target: Table,
         changes: Sequence[ChangeSet],
         data: pa.Table | pa.RecordBatchReader,
-        mode: WriteMode = "append",
+        mode: WriteMode | str = WriteMode.APPEND,
         overwrite_filter: BooleanExpression | str = ALWAYS_TRUE,
         keys: Sequence[str] = (),
         deletes: pa.Table | None = None,
@@ -183,9 +188,10 @@ class Consumer:
         with them; `merge` upserts them on `keys` and deletes the `deletes` keys, rewriting only the
         files that hold one of the keys. With nothing to write, only the checkpoint advances.
         """
-        if mode not in ("append", "overwrite", "merge"):
-            raise CalveError(f"write mode {mode!r} is not one of: append, overwrite, merge")
-        if mode == "merge" and not keys:
+        if mode not in tuple(WriteMode):
+            raise CalveError(f"write mode {mode!r} is not one of: {', '.join(WriteMode)}")
+        mode = WriteMode(mode)
+        if mode is WriteMode.MERGE and not keys:
             raise CalveError("mode 'merge' needs the key columns (keys=...)")
         if isinstance(data, pa.RecordBatchReader) and mode == "merge":
             data = data.read_all()
@@ -232,8 +238,11 @@ class Consumer:
         _faults.crash_point("consumer.after_commit")
 
         snapshot = target.current_snapshot()
-        for checkpoint in advanced:
-            self._mirror(target, checkpoint)
+        if self.mirror is not None:
+            for checkpoint in advanced:
+                self.mirror.mirror_checkpoint(
+                    self.name, checkpoint, _table_name(target), snapshot.snapshot_id if snapshot else None
+                )
         committed = snapshot is not None and (before is None or snapshot.snapshot_id != before.snapshot_id)
         summary_of = snapshot.summary if committed and snapshot and snapshot.summary else None
 
@@ -250,22 +259,6 @@ class Consumer:
             bytes_written=count("added-files-size"),
             files_removed=count("deleted-data-files"),
             merge=plan,
-        )
-
-    def _mirror(self, target: Table, checkpoint: Checkpoint) -> None:
-        if self.state is None:
-            return
-        snapshot = target.current_snapshot()
-        self.state.record_checkpoint(
-            CheckpointRecord(
-                consumer=self.name,
-                source_table=checkpoint.source_table,
-                source_uuid=checkpoint.source_uuid,
-                snapshot_id=checkpoint.snapshot_id,
-                target_table=_table_name(target),
-                target_snapshot_id=snapshot.snapshot_id if snapshot else None,
-                updated_at=time.time(),
-            )
         )
 
 

@@ -1,0 +1,242 @@
+"""A step's inputs, read once: the changes it declared (ICDC table, rows, keys, ranges) or pinned tables.
+
+`read_inputs` turns a step's `InputSpec`s, the change sets the runner captured for it and the pinned
+snapshots into one immutable `StepInputs`: the Arrow tables the step's SQL or Python sees, the
+injected values, the ICDC tables published, and what was read (for the run record). Incremental
+inputs are read first (their ranges may feed filters), then pinned tables; an input whose filter or
+`match` uses another input's values comes after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.table import FileScanTask, Table
+
+from calve.capture.changelog import compute_changelog, read_tasks, snapshot_schema
+from calve.capture.changes import ChangeSet
+from calve.capture.icdc import IcdcTable
+from calve.capture.ranges import ColumnRange, change_ranges
+from calve.errors import CalveError
+from calve.read.planning import plan_files, read_files
+from calve.state import InputRead, StepMetrics
+from calve.workflows.filters import expression, uses_other_inputs
+from calve.workflows.injection import input_values, range_union_values
+from calve.workflows.model import InputSpec, ReadKind, StepSpec
+from calve.write.merge import plan_key_files, read_key_files
+
+# publishes a change set as the step's ICDC table (the consumer's, so it replaces the last one)
+PublishIcdc = Callable[[Table, ChangeSet], IcdcTable]
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """Everything a step reads, built once per step (or foreach iteration) and never changed."""
+
+    tables: Mapping[str, pa.Table]  # input alias -> rows (what the SQL sees under that name)
+    changes: Mapping[str, ChangeSet]  # incremental input alias -> its change set
+    ranges: Mapping[str, Mapping[str, ColumnRange]]  # input alias -> column -> change range
+    icdc: Mapping[str, IcdcTable]  # input alias -> the ICDC table published for it
+    params: Mapping[str, Any]  # every injected value
+    reads: StepMetrics = field(default_factory=StepMetrics)  # rows, files, bytes read; snapshots
+
+    @property
+    def has_changes(self) -> bool:
+        return any(not change_set.is_empty for change_set in self.changes.values())
+
+    def with_icdc_rows(self, step: StepSpec) -> StepInputs:
+        """These inputs with the rows of their published ICDC tables read (for a step after `icdc:`)."""
+        tables = dict(self.tables)
+        rows_read, files_read, bytes_read = self.reads.rows_read, self.reads.files_read, self.reads.bytes_read
+        columns = {i.alias: i.columns for i in step.inputs}
+        for alias, icdc in self.icdc.items():
+            if icdc.files and icdc.table is not None:
+                rows = icdc.table.scan(selected_fields=columns[alias] or ("*",)).to_arrow()
+                tables[alias] = rows
+                rows_read += rows.num_rows
+                files_read += icdc.files
+                bytes_read += icdc.bytes
+        reads = StepMetrics(
+            rows_read=rows_read,
+            files_read=files_read,
+            bytes_read=bytes_read,
+            inputs=self.reads.inputs,
+            icdc_tables=self.reads.icdc_tables,
+        )
+        return StepInputs(tables, self.changes, self.ranges, self.icdc, self.params, reads)
+
+
+def read_inputs(
+    step: StepSpec,
+    base_params: Mapping[str, Any],
+    tables: Mapping[str, Table],
+    pins: Mapping[str, int | None],
+    changes: Mapping[str, ChangeSet],
+    publish_icdc: PublishIcdc,
+    *,
+    publish_only: bool = False,
+) -> StepInputs:
+    """Read `step`'s inputs: `changes` (by table) for incremental ones, `pins` for pinned tables.
+
+    With `publish_only`, ICDC tables are published but their rows are not read (an `icdc:` step).
+    """
+    rows: dict[str, pa.Table] = {}
+    by_alias: dict[str, ChangeSet] = {}
+    ranges: dict[str, dict[str, ColumnRange]] = {}
+    icdc: dict[str, IcdcTable] = {}
+    params: dict[str, Any] = dict(base_params)
+    reads: dict[str, InputRead] = {}
+    union: dict[str, list[tuple[Any, Any]]] = {}
+    rows_read = files_read = bytes_read = 0
+
+    ordered = sorted(
+        step.inputs,
+        key=lambda i: (i.read.incremental is False, i.match is not None or uses_other_inputs(i.filter)),
+    )
+    for spec in ordered:
+        source = tables[spec.table]
+        until = pins[spec.table]
+        if not spec.read.incremental:
+            params.update(range_union_values(union))  # $range_<col>_*: united over the inputs so far
+            params.update(input_values(spec.alias, until))
+            table, files, size, decoded = _read_pinned(spec, source, until, params, rows)
+            rows[spec.alias] = table
+            rows_read += decoded
+            files_read += files
+            bytes_read += size
+            reads[spec.alias] = InputRead(spec.table, snapshot_id=until)
+            continue
+
+        change_set = changes[spec.table]
+        by_alias[spec.alias] = change_set
+        reads[spec.alias] = InputRead(
+            spec.table,
+            from_snapshot_id=change_set.from_snapshot_id_exclusive,
+            to_snapshot_id=change_set.to_snapshot_id_inclusive,
+            snapshots=len(change_set.logical_snapshots),
+        )
+        bounds: dict[str, tuple[Any, Any]] = {}
+        if spec.ranges:
+            ranges[spec.alias] = _ranges(spec, source, change_set)
+            for column, column_range in ranges[spec.alias].items():
+                bounds[column] = (column_range.min, column_range.max)
+                union.setdefault(column, []).append(bounds[column])
+        published = None
+        if spec.read is ReadKind.ICDC:
+            published = icdc[spec.alias] = publish_icdc(source, change_set)
+        params.update(
+            input_values(
+                spec.alias,
+                until,
+                from_snapshot_id=change_set.from_snapshot_id_exclusive,
+                incremental=True,
+                icdc_table=published.identifier if published else None,
+                ranges=bounds,
+            )
+        )
+        table, files, size = _read_changes(spec, source, change_set, published, publish_only)
+        rows[spec.alias] = table
+        rows_read += table.num_rows
+        files_read += files
+        bytes_read += size
+    params.update(range_union_values(union))
+    metrics = StepMetrics(
+        rows_read=rows_read,
+        files_read=files_read,
+        bytes_read=bytes_read,
+        inputs=reads,
+        icdc_tables={alias: t.identifier for alias, t in icdc.items()},
+    )
+    return StepInputs(rows, by_alias, ranges, icdc, params, metrics)
+
+
+def _ranges(spec: InputSpec, source: Table, change_set: ChangeSet) -> dict[str, ColumnRange]:
+    ranges = change_ranges(change_set, source.schema(), list(spec.ranges))
+    for column, column_range in ranges.items():
+        if not column_range.complete:
+            raise CalveError(
+                f"input {spec.alias!r}: the change range of {spec.table}.{column} is unknown for "
+                f"{column_range.files_without_bounds} file(s) without column bounds; enable column metrics "
+                "on the table, or drop `ranges` and filter on the data instead"
+            )
+    return ranges
+
+
+def _read_pinned(
+    spec: InputSpec,
+    source: Table,
+    until: int | None,
+    params: Mapping[str, Any],
+    rows: Mapping[str, pa.Table],
+) -> tuple[pa.Table, int, int, int]:
+    """A table at its pinned snapshot, filtered (and matched on another input's keys): rows, files,
+    bytes, rows decoded."""
+    keys = rows[spec.match] if spec.match is not None else None
+    if until is None:
+        return source.schema().as_arrow().empty_table(), 0, 0, 0
+    condition = expression(spec.filter, params, rows)
+    projection = source.scan(snapshot_id=until, selected_fields=spec.columns or ("*",)).projection()
+    if keys is None:
+        tasks = plan_files(source, condition, until)
+        table = read_files(source, tasks, condition, projection)
+    else:  # the files that may hold one of the keys, pruned by their bounds
+        tasks = plan_key_files(source, keys, until, condition)
+        table = read_key_files(source, tasks, keys, condition, projection)
+    decoded = table.num_rows  # rows decoded from the files, before exact key matching
+    if keys is not None:  # the file pruning is coarse: keep the exact key tuples
+        table = _semi_join(table, keys) if keys.num_rows else table.slice(0, 0)
+    return table, len(tasks), sum(t.file.file_size_in_bytes for t in tasks), decoded
+
+
+def _read_changes(
+    spec: InputSpec,
+    source: Table,
+    change_set: ChangeSet,
+    published: IcdcTable | None,
+    publish_only: bool,
+) -> tuple[pa.Table, int, int]:
+    """The rows of a change set, as the input declares: rows, files read, bytes read."""
+    schema = (
+        source.schema()
+        if change_set.to_snapshot_id_inclusive is None
+        else snapshot_schema(source, change_set.to_snapshot_id_inclusive)
+    )
+    if spec.read is ReadKind.RANGES:
+        return schema.as_arrow().empty_table(), 0, 0
+    if spec.read is ReadKind.ICDC:
+        assert published is not None
+        empty = (schema.select(*spec.columns) if spec.columns else schema).as_arrow().empty_table()
+        if publish_only or not published.files or published.table is None:
+            return empty, 0, 0
+        rows = published.table.scan(selected_fields=spec.columns or ("*",)).to_arrow()
+        return rows, published.files, published.bytes
+    if spec.read is ReadKind.KEYS and change_set.is_append_only:
+        # new keys are in the appended files: read just the key columns
+        files = change_set.appended_files
+        key_schema = schema.select(*spec.keys)
+        rows = read_tasks(source, key_schema, [FileScanTask(f.data_file) for f in files])
+        distinct = rows.group_by(list(spec.keys)).aggregate([])
+        return distinct, len(files), sum(f.file_size_in_bytes for f in files)
+    log = compute_changelog(source, change_set)
+    if spec.read is ReadKind.INSERTED:
+        return log.inserted, log.files_read, log.bytes_read
+    if spec.read is ReadKind.CHANGELOG:
+        return log.to_arrow(), log.files_read, log.bytes_read
+    keys = list(spec.keys)
+    both = pa.concat_tables([log.inserted.select(keys), log.deleted.select(keys)])
+    return both.group_by(keys).aggregate([]), log.files_read, log.bytes_read
+
+
+def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
+    names = keys.column_names
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise CalveError(f"match: the input has no column {missing[0]!r} (select it in `columns`)")
+    numbered = table.select(names).append_column("__calve_row", pa.array(range(table.num_rows), pa.int64()))
+    kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
+    row_ids = kept.column("__calve_row")
+    return table.take(pc.take(row_ids, pc.sort_indices(row_ids)))

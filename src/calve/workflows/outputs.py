@@ -1,0 +1,98 @@
+"""Writing a step's output: the write mode, in the same commit that advances the step's checkpoints.
+
+The step's rows are conformed to the target's schema (the target is created from them on the first
+run), sorted by `sort_by`, split into upserts and deletes by `delete_column` (which is never
+stored), and committed by the step's consumer with the change sets the step processed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+from calve.capture.changes import ChangeSet
+from calve.errors import CalveError
+from calve.state import MergeMetrics, StepMetrics
+from calve.workflows.filters import expression
+from calve.workflows.model import OutputSpec, StepSpec
+from calve.write.consumer import CommitResult, Consumer
+from calve.write.tables import conform, load_or_create
+
+
+def write_output(
+    catalog: Catalog,
+    step: StepSpec,
+    output: pa.Table,
+    consumer: Consumer,
+    target: Table | None,
+    changes: Mapping[str, ChangeSet],
+    params: Mapping[str, Any],
+    tables: Mapping[str, pa.Table],
+) -> tuple[Table, StepMetrics]:
+    """Commit `output` into the step's target with the checkpoints of `changes`: (target, metrics)."""
+    spec = step.output
+    assert spec is not None
+    data, deletes = _split_deletes(step, spec, output)
+    if target is None:
+        target = load_or_create(catalog, spec.table, data.schema, spec.partition_by, dict(spec.properties))
+    data = conform(data, target, step.id)
+    if spec.sort_by:
+        missing = [c for c in spec.sort_by if c not in data.column_names]
+        if missing:
+            raise CalveError(
+                f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
+            )
+        data = data.sort_by([(c, "ascending") for c in spec.sort_by])
+    by_table = list({cs.table: cs for cs in changes.values()}.values())  # each source once
+    result = consumer.commit(
+        target,
+        by_table,
+        data,
+        mode=spec.mode.value,
+        overwrite_filter=expression(spec.filter, params, tables),
+        keys=spec.keys,
+        deletes=deletes,
+    )
+    return target, _metrics(spec, output.num_rows, result)
+
+
+def _split_deletes(step: StepSpec, spec: OutputSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """The rows to write and (with `delete_column`) the keys to delete; the flag column is dropped."""
+    if spec.delete_column is None:
+        return output, None
+    if spec.delete_column not in output.column_names:
+        raise CalveError(
+            f"step {step.id!r}: delete_column {spec.delete_column!r} is not a column of the output"
+        )
+    flag = pc.fill_null(output.column(spec.delete_column).cast(pa.bool_()), False)
+    deletes = output.filter(flag).select(list(spec.keys))
+    return output.filter(pc.invert(flag)).drop_columns([spec.delete_column]), deletes
+
+
+def _metrics(spec: OutputSpec, rows_out: int, result: CommitResult) -> StepMetrics:
+    merge = None
+    if result.merge is not None:
+        merge = MergeMetrics(
+            files_read=result.merge.files_read,
+            rows_read=result.merge.rows_read,
+            bytes_read=result.merge.bytes_read,
+            rows_matched=result.merge.rows_matched,
+            files_rewritten=len(result.merge.deleted_files),
+        )
+    return StepMetrics(
+        rows_out=rows_out,
+        rows_written=result.rows_written,
+        rows_deleted=result.rows_deleted,
+        files_written=result.files_written,
+        bytes_written=result.bytes_written,
+        files_removed=result.files_removed,
+        committed_snapshot_id=result.snapshot_id,
+        output=spec.table,
+        mode=spec.mode.value,
+        merge=merge,
+    )
