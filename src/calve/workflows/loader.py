@@ -13,7 +13,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from calve.errors import WorkflowError, did_you_mean
+from calve.errors import ConfigError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.injection import RUN_NAMES, step_names
 from calve.workflows.model import (
@@ -41,7 +41,10 @@ from calve.workflows.yamlfile import load_yaml
 def load_workflow(path: Path, root: Path | None = None) -> Workflow:
     """Load and validate one workflow file; raises WorkflowError listing every problem."""
     root = root or path.parent
-    doc = load_yaml(path)
+    try:
+        doc = load_yaml(path, root)
+    except ConfigError as exc:  # not YAML (or not plain values): one problem, with its line
+        raise WorkflowError([str(exc)]) from None
     checker = Checker(doc, root)
     workflow = _build(checker, path)
     if checker.problems or workflow is None:
