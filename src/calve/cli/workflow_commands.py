@@ -19,16 +19,14 @@ import click
 from calve.cli.context import Context, handle_errors, json_option
 from calve.cli.output import Output, human_bytes
 from calve.errors import CalveError, WorkflowError
+from calve.state.records import RunStatus
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from calve.workflows.runner import Runner
-    from calve.workflows.scheduler import Firing
 
-# the values of calve.state.RunStatus, spelled out so that parsing `--status` does not open the state
-# store's modules; tests/cli/test_app.py checks that the two agree
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "skipped", "cancelled")
+RUN_STATUSES = tuple(status.value for status in RunStatus)
 
 STATUS_STYLE = {
     "succeeded": "green",
@@ -224,8 +222,6 @@ def run(
       calve run backfill --param days=2026-01-01,2026-01-02 --json
       calve run daily_views --restart 20261127T101500-3fa2c1
     """
-    from calve.state import RunStatus
-
     project = ctx.project
     spec = project.workflow(workflow)
     result = _runner(ctx, out).run(
@@ -275,9 +271,8 @@ def runs(
       calve runs show 20261127T101500-3fa2c1 --json
       calve runs cancel 20261127T101500-3fa2c1
     """
-    from calve.state import RunStatus
-
     state = ctx.project.state
+    state.reap_dead_runs()  # a run whose process is gone shows as failed, not running
     if args and args[0] in ("show", "cancel"):
         if len(args) != 2:
             raise click.UsageError(f"usage: calve runs {args[0]} RUN_ID")
@@ -334,13 +329,7 @@ def _cancel(ctx: Context, run_id: str, out: Output) -> None:
             f"{time.time() - lock.heartbeat_at:.0f}s ago); stop that process first (kill {lock.pid}), "
             f"then `calve runs cancel {run_id}`"
         )
-    cancel_run = getattr(state, "cancel_run", None)
-    if cancel_run is None:
-        raise CalveError(
-            "this calve's state store cannot cancel runs (StateStore.cancel_run is missing); "
-            f"leave run {run_id} to the scheduler, which restarts it, or upgrade calve"
-        )
-    cancelled = cancel_run(run_id, "cancelled with `calve runs cancel`")
+    cancelled = state.cancel_run(run_id, "cancelled with `calve runs cancel`")
     payload = cancelled.to_dict()
 
     def render(console: Console) -> None:
@@ -380,7 +369,6 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    from calve.state import RunStatus
     from calve.workflows.scheduler import Scheduler
 
     project = ctx.project
@@ -397,7 +385,7 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
             if not firings:
                 console.print("nothing due")
             for firing in firings:
-                console.print(describe_firing(firing), markup=False, soft_wrap=True)
+                console.print(firing.describe(), markup=False, soft_wrap=True)
 
         out.result(payload, render)
         if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
@@ -406,18 +394,6 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
 
     engine.log = out.progress if json_mode else out.log
     engine.run_forever(tick, should_stop=lambda: stopping["flag"])
-
-
-def describe_firing(firing: Firing) -> str:
-    """One log line for what a trigger did: `STAMP WORKFLOW [TRIGGER @ SLOT]: run RUN_ID STATUS`."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    what = f"{firing.workflow} [{firing.trigger}" + (f" @ {firing.slot}" if firing.slot else "") + "]"
-    if firing.result is None:
-        return f"{stamp} {what}: {firing.note}"
-    run = firing.result.run
-    note = f" ({firing.note})" if firing.note else ""
-    error = f": {run.error}" if run.error else ""
-    return f"{stamp} {what}: run {run.run_id} {run.status.value}{note}{error}"
 
 
 def _short(text: str | None, width: int = 60) -> str:

@@ -4,6 +4,8 @@
 `StateStore` that reads and writes them.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from calve.state.records import (
     ACTIVE,
     FINISHED,
@@ -17,7 +19,19 @@ from calve.state.records import (
     StepMetrics,
     StepRunRecord,
 )
-from calve.state.store import StateStore
+
+if TYPE_CHECKING:
+    from calve.state.store import StateStore
+
+
+def __getattr__(name: str) -> Any:
+    """`StateStore` on first use: the records stay importable without sqlite3 (the CLI's --help)."""
+    if name == "StateStore":
+        from calve.state.store import StateStore
+
+        return StateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ACTIVE",

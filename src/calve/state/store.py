@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from calve.catalog import calve_home
 from calve.errors import CalveError, StateStoreError
 from calve.state.records import (
     ACTIVE,
@@ -38,7 +37,11 @@ class StateStore:
     """SQLite-backed run history, run locks, trigger state and mirror of consumer checkpoints."""
 
     def __init__(self, path: Path | None = None) -> None:
-        self.path = path or calve_home() / "state.db"
+        if path is None:
+            from calve.catalog import calve_home  # (pyiceberg: only when the default is needed)
+
+            path = calve_home() / "state.db"
+        self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             self._migrate(db, self.path)
