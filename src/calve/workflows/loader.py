@@ -7,6 +7,7 @@ The format is documented in docs/workflows.md; this module is its executable def
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
 import re
 from collections.abc import Hashable
@@ -15,7 +16,7 @@ from typing import Any
 
 from calve.errors import ConfigError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
-from calve.workflows.injection import RUN_NAMES, step_names
+from calve.workflows.injection import RUN_NAMES, input_names, step_names
 from calve.workflows.model import (
     FILTER_OPS,
     Compaction,
@@ -34,7 +35,15 @@ from calve.workflows.model import (
     Workflow,
     WriteMode,
 )
-from calve.workflows.values import PARAM_TYPE_NAMES, RELATIVE_DATE, parse_duration, parse_size
+from calve.workflows.values import (
+    DEFAULT_MIN_FILES,
+    DEFAULT_SMALL_FILE_BYTES,
+    GRAINS,
+    PARAM_TYPE_NAMES,
+    RELATIVE_DATE,
+    parse_duration,
+    parse_size,
+)
 from calve.workflows.yamlfile import load_yaml
 
 
@@ -365,8 +374,6 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
 
 
 def _compaction(c: Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction | None:
-    from calve.write.compaction import DEFAULT_MIN_FILES, DEFAULT_SMALL_FILE_BYTES
-
     if isinstance(raw, str):
         raw = {"table": raw}
     spec = c.mapping(raw, key, ("table", "small_file_bytes", "min_files"), ("table",))
@@ -411,7 +418,7 @@ def _inputs(
         keys = c.names(spec["keys"], (*ikey, "keys"), "columns") if "keys" in spec else ()
         if kind is ReadKind.KEYS and not keys:
             c.problem(ikey, "read: keys needs keys: [column, ...]")
-        ranges = c.names(spec["ranges"], (*ikey, "ranges"), "columns") if "ranges" in spec else ()
+        ranges, grains = _ranges(c, spec["ranges"], (*ikey, "ranges")) if "ranges" in spec else ((), ())
         if kind is ReadKind.RANGES and not ranges:
             c.problem(ikey, "read: ranges needs ranges: [column, ...]")
         if ranges and not kind.incremental:
@@ -442,24 +449,59 @@ def _inputs(
                 c.problem((*ikey, "match"), "match applies to read: table inputs")
                 match = None
         specs.append(
-            InputSpec(str(alias), table, kind, tuple(keys), tuple(ranges), predicates, tuple(columns), match)
+            InputSpec(
+                str(alias),
+                table,
+                kind,
+                tuple(keys),
+                tuple(ranges),
+                predicates,
+                tuple(columns),
+                match,
+                range_grains=grains,
+            )
         )
     # the keys an input matches on are the `keys` of the input it names
     return tuple(specs)
 
 
+def _ranges(
+    c: Checker, raw: Any, key: tuple[Hashable, ...]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """`ranges: [col, ...]`, or `ranges: {col: grain}` to widen a column's range to whole months..."""
+    if not isinstance(raw, dict):
+        return c.names(raw, key, "columns"), ()
+    if not raw:
+        c.problem(key, "must be a non-empty list of columns, or a mapping of column to grain")
+    columns: list[str] = []
+    grains: list[tuple[str, str]] = []
+    for column, grain in raw.items():
+        if c.identifier(column, (*key, column), "column") is None:
+            continue
+        columns.append(column)
+        if c.choice(grain, (*key, column), GRAINS) is not None:
+            grains.append((column, str(grain)))
+    return tuple(columns), tuple(grains)
+
+
 def _range_names(raw: Any) -> set[str]:
+    """The range `$name`s that the step's inputs inject, for the filters of its other inputs.
+
+    Derived from injection.input_names, the one definition of the names: what an input injects with
+    its `ranges`, less what it injects without them.
+    """
     names: set[str] = set()
-    if isinstance(raw, dict):
-        for alias, value in raw.items():
-            if isinstance(value, dict) and isinstance(value.get("ranges"), list):
-                for column in value["ranges"]:
-                    names |= {
-                        f"{alias}_{column}_min",
-                        f"{alias}_{column}_max",
-                        f"range_{column}_min",
-                        f"range_{column}_max",
-                    }
+    if not isinstance(raw, dict):
+        return names
+    for alias, value in raw.items():
+        ranges = value.get("ranges") if isinstance(value, dict) else None
+        if isinstance(ranges, str):
+            ranges = [ranges]
+        if not isinstance(ranges, list | dict):
+            continue
+        columns = tuple(str(column) for column in ranges)
+        plain = InputSpec(str(alias), "", ReadKind.RANGES)
+        names |= input_names(InputSpec(str(alias), "", ReadKind.RANGES, ranges=columns)) - input_names(plain)
     return names
 
 
@@ -556,16 +598,24 @@ def _order(c: Checker, steps: list[StepSpec]) -> list[StepSpec]:
         for other in steps:
             if other.id != s.id and any(i.table == s.compact.table for i in other.inputs):
                 deps[other.id].add(s.id)
+    position = {s.id: index for index, s in reversed(list(enumerate(steps)))}
+    sorter = graphlib.TopologicalSorter(deps)
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle: list[str] = exc.args[1][::-1]  # [a, b, ..., a]: each step depends on the next one
+        first = min(range(len(cycle) - 1), key=lambda i: position[cycle[i]])
+        cycle = [*cycle[first:-1], *cycle[:first], cycle[first]]  # from the first step in the file
+        c.problem(
+            ("steps", position[cycle[0]], "depends_on"),
+            f"the steps depend on each other in a cycle: {' -> '.join(cycle)} (each depends on the "
+            "next); remove one of these dependencies (a depends_on, or a step that reads a table "
+            "that another step of the cycle writes)",
+        )
+        return steps
     ordered: list[StepSpec] = []
-    done: set[str] = set()
-    pending = [s.id for s in steps]
-    while pending:
-        ready = [sid for sid in pending if deps[sid] <= done]
-        if not ready:
-            c.problem(("steps",), f"the steps depend on each other in a cycle: {', '.join(pending)}")
-            return steps
-        for sid in ready:
-            ordered.append(by_id[sid])
-            done.add(sid)
-            pending.remove(sid)
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)  # file order among ready steps
+        ordered.extend(by_id[sid] for sid in ready)
+        sorter.done(*ready)
     return ordered
