@@ -6,6 +6,10 @@
 
 Commands find the project by looking for `calve.yaml` in the current folder and its parents, or
 take `--project DIR` (or $CALVE_PROJECT).
+
+A problem in calve.yaml raises ProjectError, listing each as `calve.yaml:LINE: key: what; fix`.
+Reading the settings and validating workflow files loads no engine, catalog library or Arrow: the
+catalog, the state store and the engine are imported when a command first uses them.
 """
 
 from __future__ import annotations
@@ -14,39 +18,50 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pyiceberg.catalog import Catalog
-
-from calve.catalog import embedded_catalog, open_catalog
-from calve.engines import Engine, get_engine
-from calve.errors import ConfigError, WorkflowError, did_you_mean
-from calve.state import StateStore
+from calve.errors import ConfigError, ProjectError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.loader import load_workflow
 from calve.workflows.model import Workflow
-from calve.workflows.values import parse_duration
+from calve.workflows.values import format_duration, parse_duration
 from calve.workflows.yamlfile import load_yaml
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+    from calve.engines import Engine
+    from calve.state import StateStore
 
 PROJECT_FILE = "calve.yaml"
 
-DEFAULT_SETTINGS = """\
+# The defaults of calve.yaml's keys, defined here only: code that needs one imports it.
+DEFAULT_CATALOG = "embedded"
+DEFAULT_ENGINE = "duckdb"
+DEFAULT_STATE = ".calve/state.db"
+DEFAULT_WORKFLOWS = "workflows"
+# a run whose process stopped heartbeating this long ago no longer holds its workflow's lock
+DEFAULT_LOCK_STALE_AFTER_S = 600
+SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after")
+
+DEFAULT_SETTINGS = f"""\
 # calve project settings. Every key is optional: these are the defaults.
 
 # The Iceberg catalog: "embedded" (SQLite catalog and warehouse in .calve/, no server),
 # or the name of a catalog in .pyiceberg.yaml / PYICEBERG_CATALOG__<NAME>__* variables.
-catalog: embedded
+catalog: {DEFAULT_CATALOG}
 
 # The engine that runs SQL steps: duckdb (in process).
-engine: duckdb
+engine: {DEFAULT_ENGINE}
 
 # Run history, run locks and trigger state (SQLite), relative to this file.
-state: .calve/state.db
+state: {DEFAULT_STATE}
 
 # Where workflow files live, relative to this file.
-workflows: workflows
+workflows: {DEFAULT_WORKFLOWS}
 
 # A run whose process stopped heartbeating this long ago no longer holds its workflow's lock.
-lock_stale_after: 10m
+lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
 """
 
 EXAMPLE_WORKFLOW = """\
@@ -102,14 +117,20 @@ class Project:
 
     @cached_property
     def catalog(self) -> Catalog:
+        from calve.catalog import embedded_catalog, open_catalog
+
         name = self._catalog_override or self.settings.catalog
         return embedded_catalog(self.home) if name is None else open_catalog(name)
 
     @cached_property
     def state(self) -> StateStore:
+        from calve.state import StateStore
+
         return StateStore(self.settings.state)
 
     def engine(self) -> Engine:
+        from calve.engines import get_engine
+
         return get_engine(self.settings.engine)
 
     def workflow_files(self) -> list[Path]:
@@ -154,31 +175,40 @@ class Project:
 
 
 def _load_settings(root: Path) -> Settings:
+    """calve.yaml's settings, defaults filled in; raises ProjectError listing every problem."""
     path = root / PROJECT_FILE
-    raw: dict[str, object] = {}
+    raw: dict[str, Any] = {}
+    stale = DEFAULT_LOCK_STALE_AFTER_S
     if path.is_file():
-        doc = load_yaml(path)
-        checker = Checker(doc, root)
-        raw = checker.mapping(
-            doc.value if doc.value is not None else {},
-            (),
-            ("catalog", "engine", "state", "workflows", "lock_stale_after"),
-        )
         try:
-            stale = parse_duration(raw.get("lock_stale_after", "10m"))
-        except ValueError as exc:
-            checker.problem(("lock_stale_after",), str(exc))
-            stale = 600
+            doc = load_yaml(path, root)
+        except ConfigError as exc:  # not YAML (or not plain values): one problem, with its line
+            raise ProjectError([str(exc)]) from None
+        checker = Checker(doc, root)
+        raw = checker.mapping(doc.value if doc.value is not None else {}, (), SETTINGS_KEYS)
+        raw = {name: value for name, value in raw.items() if value is not None}  # `key:` is the default
+        for name in ("catalog", "engine", "state", "workflows"):
+            if name in raw and not isinstance(raw[name], str):
+                checker.problem(
+                    (name,), f"must be a string, not {type(raw[name]).__name__}; leave it out for the default"
+                )
+                del raw[name]
+        if "lock_stale_after" in raw:
+            try:
+                stale = parse_duration(raw["lock_stale_after"])
+            except ValueError as exc:
+                checker.problem(("lock_stale_after",), str(exc))
+            else:
+                if stale < 1:
+                    checker.problem(("lock_stale_after",), "must be at least 1s, as in 10m")
         if checker.problems:
-            raise WorkflowError(checker.problems)
-    else:
-        stale = 600
-    catalog = raw.get("catalog", "embedded")
+            raise ProjectError(checker.sorted_problems())
+    catalog = raw.get("catalog", DEFAULT_CATALOG)
     return Settings(
-        catalog=None if catalog in (None, "embedded") else str(catalog),
-        engine=str(raw.get("engine", "duckdb")),
-        state=(root / str(raw.get("state", ".calve/state.db"))).resolve(),
-        workflows=(root / str(raw.get("workflows", "workflows"))).resolve(),
+        catalog=None if catalog == DEFAULT_CATALOG else catalog,
+        engine=raw.get("engine", DEFAULT_ENGINE),
+        state=(root / raw.get("state", DEFAULT_STATE)).resolve(),
+        workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,
     )
 
@@ -207,6 +237,9 @@ def open_project(root: Path | None = None, catalog_override: str | None = None) 
 
 def init_project(root: Path, example: bool = True) -> list[Path]:
     """Create calve.yaml, workflows/ (with an example) and .calve/ under `root`; never overwrites."""
+    from calve.catalog import embedded_catalog
+    from calve.state import StateStore
+
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     created = []

@@ -106,7 +106,7 @@ def parse_duration(value: Any) -> int:
 
 
 def format_duration(seconds: int) -> str:
-    """600 -> '10m': the largest unit that divides `seconds` (what parse_duration reads back)."""
+    """900 -> '15m': the largest unit that divides `seconds` (what parse_duration reads back)."""
     for unit, size in sorted(_DURATION_SECONDS.items(), key=lambda item: -item[1]):
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
