@@ -49,3 +49,11 @@ def test_parameters_of_a_text_and_unknown_engines() -> None:
     assert sql_parameters("SELECT $a, $b FROM t WHERE x = $a") == {"a", "b"}
     with pytest.raises(ConfigError, match=r"no engine named 'spark'.*duckdb"):
         get_engine("spark")
+
+
+def test_what_one_run_creates_is_gone_in_the_next() -> None:
+    engine = DuckDBEngine()
+    sql = "CREATE TABLE scratch AS SELECT * FROM amounts; SELECT count(*) AS n FROM scratch"
+    for _ in range(2):  # the second run would fail with "table scratch already exists"
+        out = engine.run(sql, {"amounts": AMOUNTS}, {})
+        assert out is not None and out.to_pylist() == [{"n": 3}]

@@ -6,6 +6,8 @@ the text; errors keep DuckDB's LINE position, mapped back to the statement's pla
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,27 @@ class DuckDBEngine:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
+        self._database: Any = None  # one in-memory DuckDB per engine; each run gets a cursor
+        self._runs = itertools.count()
+
+    def _connect(self) -> Any:
+        """A fresh connection to the engine's database, in a scratch catalog of its own.
+
+        Opening a DuckDB database costs ~30 ms of CPU, a cursor on an open one ~1 ms; the scratch
+        catalog (an attached in-memory database, detached after the run) keeps what one run's SQL
+        creates (CREATE TABLE ...) from being seen by the next, as with a database of its own.
+        """
+        import duckdb
+
+        if self._database is None:
+            self._database = duckdb.connect(":memory:")
+            if self.threads:
+                self._database.execute(f"SET threads = {int(self.threads)}")  # an int, not user text
+        con = self._database.cursor()
+        scratch = f"calve_run_{next(self._runs)}"  # a counter: not user text
+        con.execute(f"ATTACH ':memory:' AS {scratch}")
+        con.execute(f"USE {scratch}")
+        return con, scratch
 
     def run(self, sql: str, relations: dict[str, pa.Table], params: dict[str, Any]) -> pa.Table | None:
         import duckdb
@@ -66,10 +89,8 @@ class DuckDBEngine:
         statements = _statements(sql)
         if not statements:
             raise SqlError("the SQL holds no statement")
-        con = duckdb.connect(":memory:")
+        con, scratch = self._connect()
         try:
-            if self.threads:
-                con.execute(f"SET threads = {int(self.threads)}")  # an int, not user text
             for name, table in relations.items():
                 con.register(name, table)
             result: pa.Table | None = None
@@ -89,6 +110,9 @@ class DuckDBEngine:
                     raise SqlError(message, None if line is None else line + statement.first_line) from None
             return result
         finally:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("USE memory")
+                con.execute(f"DETACH {scratch}")
             con.close()
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,22 +44,31 @@ class StateStore:
             path = calve_home() / "state.db"
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as db:
             self._migrate(db, self.path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+        """One transaction (taking the write lock up front) on this thread's connection to the store.
+
+        A connection is opened once per thread and kept: opening one costs more than most queries.
+        WAL with synchronous=NORMAL: a power cut may lose the last records (never corrupt the file);
+        what they describe stays safe, since checkpoints live in the tables' own commits.
+        """
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():  # a forked child: its own
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        db.execute("BEGIN IMMEDIATE")
+        try:
             yield db
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        finally:
-            db.close()
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, path: Path) -> None:

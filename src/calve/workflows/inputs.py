@@ -27,6 +27,7 @@ from calve.state import InputRead, StepMetrics
 from calve.workflows.filters import expression, uses_other_inputs
 from calve.workflows.injection import input_values, range_union_values
 from calve.workflows.model import InputSpec, ReadKind, StepSpec
+from calve.workflows.values import widen
 from calve.write.merge import plan_key_files, read_key_files
 
 # publishes a change set as the step's ICDC table (the consumer's, so it replaces the last one)
@@ -123,7 +124,7 @@ def read_inputs(
         if spec.ranges:
             ranges[spec.alias] = _ranges(spec, source, change_set)
             for column, column_range in ranges[spec.alias].items():
-                bounds[column] = (column_range.min, column_range.max)
+                bounds[column] = _widened(spec, column, column_range)
                 union.setdefault(column, []).append(bounds[column])
         published = None
         if spec.read is ReadKind.ICDC:
@@ -164,6 +165,21 @@ def _ranges(spec: InputSpec, source: Table, change_set: ChangeSet) -> dict[str, 
                 "on the table, or drop `ranges` and filter on the data instead"
             )
     return ranges
+
+
+def _widened(spec: InputSpec, column: str, column_range: ColumnRange) -> tuple[Any, Any]:
+    """A change range as injected: widened to whole days, months or years when the input says so."""
+    low, high = column_range.min, column_range.max
+    grain = spec.range_grain(column)
+    if grain is None or low is None or high is None:
+        return low, high
+    try:
+        return widen(low, grain)[0], widen(high, grain)[1]
+    except TypeError:
+        raise CalveError(
+            f"input {spec.alias!r}: ranges: {{{column}: {grain}}} widens dates and timestamps only, but "
+            f"{spec.table}.{column} holds {type(low).__name__} values; list the column without a grain"
+        ) from None
 
 
 def _read_pinned(

@@ -46,6 +46,7 @@ from calve.capture.changes import ChangeSet, capture_changes
 from calve.catalog import load_table
 from calve.engines import Engine
 from calve.errors import CalveError, RunLockedError, SqlError, StepFailedError
+from calve.project import DEFAULT_LOCK_STALE_AFTER_S
 from calve.state import RESTARTABLE, RunRecord, RunStatus, StateStore, StepMetrics, StepRunRecord
 from calve.workflows.injection import run_values
 from calve.workflows.inputs import StepInputs, read_inputs
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from calve.project import Project
 
 HEARTBEAT_S = 15.0
-DEFAULT_LOCK_STALE_AFTER_S = 600.0
 
 __all__ = ["Pending", "RunResult", "Runner", "StepContext", "new_run_id"]
 

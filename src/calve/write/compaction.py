@@ -21,6 +21,7 @@ from pyiceberg.table.snapshots import Operation, Summary
 from pyiceberg.table.update.snapshot import _OverwriteFiles
 
 from calve.read.planning import plan_files, read_files
+from calve.write.transaction import transaction
 
 DEFAULT_SMALL_FILE_BYTES = 32 << 20
 DEFAULT_MIN_FILES = 4
@@ -68,7 +69,7 @@ def compact(
     if not chosen:
         return CompactionResult(name, 0, 0, 0, 0, 0, None)
     removed = written = rows = read = 0
-    with table.transaction() as tx:
+    with transaction(table) as tx:
         producer = ReplaceFiles(operation=Operation.REPLACE, transaction=tx, io=table.io, branch=MAIN_BRANCH)
         for tasks in chosen:
             live = read_files(table, tasks)

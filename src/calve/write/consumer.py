@@ -46,6 +46,7 @@ from calve.errors import CalveError, CheckpointConflictError
 from calve.write.merge import MergePlan, plan_merge
 from calve.write.modes import WriteMode
 from calve.write.mor import stage_merge_on_read
+from calve.write.transaction import transaction
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
 SUMMARY_CONSUMER = "calve.write.consumer"
@@ -153,7 +154,7 @@ class Consumer:
             if isinstance(source_table, str):
                 raise CalveError("to set a checkpoint, pass the source Table (its uuid is recorded)")
             merged[name] = Checkpoint(name, str(source_table.metadata.table_uuid), snapshot_id).to_dict()
-        with target.transaction() as tx:
+        with transaction(target) as tx:
             tx.set_properties({self.property_key: json.dumps(merged, sort_keys=True, separators=(",", ":"))})
 
     def pending(self, source: Table, target: Table, until: int | None = None) -> ChangeSet:
@@ -218,7 +219,7 @@ class Consumer:
         before = target.current_snapshot()
 
         _faults.crash_point("consumer.before_commit")
-        with warnings.catch_warnings(), target.transaction() as tx:
+        with warnings.catch_warnings(), transaction(target) as tx:
             # an overwrite of days that hold no rows yet is normal here, not worth a warning
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             # checked again inside the catalog's compare-and-swap, on every retry of the commit
