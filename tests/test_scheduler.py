@@ -170,3 +170,59 @@ def test_cron_latest_slot_and_errors() -> None:
         CronExpression.parse("* * *")
     with pytest.raises(ValueError, match="out of range"):
         CronExpression.parse("0 25 * * *")
+
+
+CHAIN = {
+    "z_upstream": """
+        id: z_upstream
+        triggers:
+          - incremental: {sources: [shop.events]}
+        steps:
+          - id: copy
+            inputs:
+              events: {table: shop.events, read: icdc}
+            sql: SELECT event_id, account_id, amount FROM events
+            output: {table: shop.copied, mode: merge, keys: [event_id]}
+    """,
+    "a_downstream": """
+        id: a_downstream
+        triggers:
+          - incremental: {sources: [shop.copied]}
+        steps:
+          - id: totals
+            inputs:
+              changed: {table: shop.copied, read: keys, keys: [account_id]}
+              copied: {table: shop.copied, match: changed}
+            sql: SELECT account_id, sum(amount) AS amount FROM copied GROUP BY account_id
+            output: {table: shop.account_amounts, mode: merge, keys: [account_id]}
+    """,
+}
+
+
+def test_one_tick_runs_a_chain_of_incremental_workflows_to_its_end(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    init_project(root, example=False)
+    for name, text in CHAIN.items():  # the upstream's id sorts after the downstream's
+        (root / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
+    project, clock = Project(root), Clock(START)
+    events, _ = create_shop(project.catalog)
+    (waiting,) = scheduler(project, clock).tick()  # no events yet: the upstream has not created its output
+    assert waiting.workflow == "a_downstream" and waiting.result is None
+    assert (
+        waiting.note
+        == "waiting: shop.copied does not exist yet; workflow 'z_upstream' creates it with its first commit"
+    )
+    shop = Shop()
+    events.append(shop.round()[0])
+    first = scheduler(project, clock).tick()
+    assert [(f.workflow, f.result.status if f.result else None) for f in first] == [
+        ("z_upstream", RunStatus.SUCCEEDED),
+        ("a_downstream", RunStatus.SUCCEEDED),
+    ]
+    events.append(shop.round()[0])  # late and re-sent events too
+    clock.advance(minutes=1)
+    second = scheduler(project, clock).tick()
+    assert [f.workflow for f in second] == ["z_upstream", "a_downstream"]
+    totals = project.catalog.load_table("shop.account_amounts").scan().to_arrow()
+    copied = project.catalog.load_table("shop.copied").scan().to_arrow()
+    assert sum(totals.column("amount").to_pylist()) == sum(copied.column("amount").to_pylist())

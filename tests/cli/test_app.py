@@ -162,3 +162,14 @@ def test_a_dead_run_shows_failed_and_runs_cancel_ends_one_of_another_host(tmp_pa
     assert project.state.run("alive").status is RunStatus.RUNNING  # type: ignore[union-attr]
     missing = _calve(project, "runs", "cancel", "nope", "--json")
     assert missing.returncode == 1 and "nope" in json.loads(missing.stdout)["error"]
+
+
+def test_validate_reports_calve_yaml_problems_with_their_line(tmp_path: Path) -> None:
+    project = _project(tmp_path, LONG_LINES)
+    (project.root / "calve.yaml").write_text("engine: duckdb\nlock_stale_afer: 5m\n")
+    done = _calve(project, "validate", "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["valid"] is False
+    (problem,) = report["problems"]
+    assert problem.startswith("calve.yaml:2:") and "lock_stale_after" in problem  # did you mean

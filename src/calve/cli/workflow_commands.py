@@ -18,7 +18,7 @@ import click
 
 from calve.cli.context import Context, handle_errors, json_option
 from calve.cli.output import Output, human_bytes
-from calve.errors import CalveError, WorkflowError
+from calve.errors import CalveError, ProblemsError
 from calve.state.records import RunStatus
 
 if TYPE_CHECKING:
@@ -93,10 +93,10 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
     Each problem names the file and line, the key, what is wrong and how to fix it. Nothing runs and
     nothing is written. Exit code 1 if anything is invalid.
     """
-    project = ctx.project
     try:
+        project = ctx.project  # reads calve.yaml: its problems are reported like the workflows'
         workflows = project.workflows()
-    except WorkflowError as exc:
+    except ProblemsError as exc:
         if json_mode:
             sys.stdout.write(
                 __import__("json").dumps({"valid": False, "problems": exc.problems}, indent=2) + "\n"

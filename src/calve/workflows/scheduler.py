@@ -14,9 +14,10 @@ One tick, per workflow (in the order of their ids):
 4. Incremental triggers: fire when any (or all) of the sources has changes past the checkpoints of
    the steps that read it, and `min_interval` has passed since the trigger last fired.
 
-What is pending is captured once (`Runner.pending`) and the run processes exactly that. Tables are
-loaded once per tick; a run's outputs are reloaded after it, so a chain of incremental workflows
-(A writes what B reads) runs to its end within one tick, in id order. Runs execute one at a time in
+What is pending is captured once (`Runner.pending`) and the run processes exactly that. Workflows
+are evaluated upstream first (one that writes a table before those that read it, then by id), tables
+are loaded once per tick and a run's outputs are reloaded after it: so a chain of incremental
+workflows (A writes what B reads) runs to its end within one tick. Runs execute one at a time in
 the scheduler's process; `calve scheduler --once` does one tick.
 """
 
@@ -24,8 +25,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from pyiceberg.table import Table
@@ -97,9 +99,7 @@ class Scheduler:
         self._tables = {}
         self.project.state.reap_dead_runs()
         firings: list[Firing] = []
-        workflows = self.project.workflows()
-        for workflow_id in sorted(workflows):
-            workflow = workflows[workflow_id]
+        for workflow in upstream_first(self.project.workflows()):
             try:
                 firings.extend(self._recover(workflow))
                 retry = self._retry(workflow)
@@ -244,6 +244,33 @@ class Scheduler:
                         "first commit"
                     )
         return f"error: {exc}"
+
+
+def upstream_first(workflows: Mapping[str, Workflow]) -> list[Workflow]:
+    """Workflows in an order where one that writes a table comes before those that read it.
+
+    So a chain of incremental workflows (A writes what B reads, B what C reads) runs to its end within
+    one tick. Ties, and workflows in a cycle of tables, go by id.
+    """
+    writers: dict[str, set[str]] = {}
+    for workflow in workflows.values():
+        for table in workflow.output_tables:
+            writers.setdefault(table, set()).add(workflow.id)
+    graph = {
+        wid: {w for table in wf.source_tables for w in writers.get(table, ()) if w != wid}
+        for wid, wf in workflows.items()
+    }
+    sorter = TopologicalSorter(graph)
+    try:
+        sorter.prepare()
+    except CycleError:
+        return [workflows[wid] for wid in sorted(workflows)]
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        order.extend(ready)
+        sorter.done(*ready)
+    return [workflows[wid] for wid in order]
 
 
 def _host() -> str:
