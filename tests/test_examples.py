@@ -32,7 +32,7 @@ CASES = {
 def test_example_matches_recomputation_round_after_round(example: str, tmp_path: Path) -> None:
     workflow_id, target_name, sql, order = CASES[example]
     project = example_project(example, tmp_path)
-    runner = Runner(project.catalog, project.state, project.engine())
+    runner = Runner.for_project(project)
     events, refunds = create_shop(project.catalog)
     shop = Shop(seed=len(example))
     workflow = project.workflow(workflow_id)
@@ -59,7 +59,7 @@ def test_example_matches_recomputation_round_after_round(example: str, tmp_path:
 def test_incremental_steps_read_only_what_changed(tmp_path: Path) -> None:
     """The filter-join reads the changed accounts' rows only, not the whole table, once it is large."""
     project = example_project("filter_join", tmp_path)
-    runner = Runner(project.catalog, project.state, project.engine())
+    runner = Runner.for_project(project)
     events, _ = create_shop(project.catalog)
     shop = Shop(seed=3, events_per_day=400, accounts=400)
     for _ in range(6):

@@ -63,7 +63,7 @@ def setup(tmp_path: Path, text: str) -> tuple[Project, Clock]:
 
 def scheduler(project: Project, clock: Clock) -> Scheduler:
     """A fresh scheduler, as after a restart: all it knows is in the state store."""
-    return Scheduler(project, Runner(project.catalog, project.state, project.engine()), clock=clock)
+    return Scheduler(project, Runner.for_project(project), clock=clock)
 
 
 def test_interval_fires_once_per_slot_and_survives_restart(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_a_run_left_unfinished_by_a_killed_scheduler_is_finished_by_the_next_tic
     project, clock = setup(tmp_path, MICRO_BATCH)
     events, _ = create_shop(project.catalog)
     events.append(Shop().round()[0])
-    runner = Runner(project.catalog, project.state, project.engine())
+    runner = Runner.for_project(project)
     # what a scheduler killed mid-run leaves: the slot's run, running, its lock held by a dead process
     from calve.state import RunRecord
 

@@ -33,7 +33,7 @@ def make_project(tmp_path: Path, **workflows: str) -> Project:
 
 
 def runner_for(project: Project) -> Runner:
-    return Runner(project.catalog, project.state, project.engine(), python_path=[str(project.root)])
+    return Runner.for_project(project)
 
 
 COPY = """
@@ -153,14 +153,12 @@ def test_one_run_per_workflow_and_a_dead_holder_does_not_block(tmp_path: Path) -
     state.release_lock("copy", "other-run")
 
     # a holder whose process is gone (as after SIGKILL): its lock is taken over at once
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    holder = (
+        "import sys; from pathlib import Path; from calve.state import StateStore; "
+        "StateStore(Path(sys.argv[1])).acquire_lock('copy', 'dead-run', 600)"
     )
-    with state._connect() as db:
-        db.execute(
-            "INSERT INTO run_locks VALUES (?, ?, ?, ?, ?, ?)",
-            ("copy", "dead-run", __import__("socket").gethostname(), int(dead.stdout), 0.0, 9e12),
-        )
+    subprocess.run([sys.executable, "-c", holder, str(state.path)], check=True)  # takes it, then exits
+    assert [lock.run_id for lock in state.locks()] == ["dead-run"]
     result = runner_for(project).run(project.workflow("copy"))
     assert result is not None and result.status is RunStatus.SUCCEEDED
     assert state.locks() == []

@@ -16,7 +16,7 @@ from calve.workflows.runner import Runner
 
 def main() -> None:
     project = Project(Path(sys.argv[1]))
-    runner = Runner(project.catalog, project.state, project.engine(), python_path=[str(project.root)])
+    runner = Runner.for_project(project)
     result = runner.run(project.workflow(sys.argv[2]))
     if result is None or result.status is RunStatus.FAILED:
         print(result.run.error if result else "no run", file=sys.stderr)
