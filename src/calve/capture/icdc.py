@@ -124,7 +124,7 @@ def create_icdc_table(
     metadata_location = f"{location}/metadata/00000-{uuid.uuid4()}.metadata.json"
     ToOutputFile.table_metadata(metadata, source.io.new_output(metadata_location))
     if old is not None:
-        drop_icdc_table(catalog, identifier)
+        _drop(catalog, identifier, old)
     registered = catalog.register_table(identifier, metadata_location)
     return IcdcTable(
         identifier=identifier,
@@ -148,8 +148,12 @@ def is_icdc_table(table: Table) -> bool:
 def drop_icdc_table(catalog: Catalog, identifier: str) -> None:
     """Drop an ICDC table and delete its own metadata files; the source's data files are never touched."""
     table = _existing_icdc(catalog, identifier)
-    if table is None:
-        return
+    if table is not None:
+        _drop(catalog, identifier, table)
+
+
+def _drop(catalog: Catalog, identifier: str, table: Table) -> None:
+    """Drop a loaded ICDC table and delete the metadata files under its own location."""
     own_prefix = table.metadata.location.rstrip("/") + "/metadata/"
     own_files = [table.metadata_location]
     for snapshot in table.metadata.snapshots:
