@@ -105,7 +105,7 @@ def changes(
     change_set = capture_changes(source, _resolve_since(ctx, table, since, consumer), _snapshot_id(until))
     payload = change_set.to_dict()
     columns = [c.strip() for c in ranges.split(",") if c.strip()] if ranges else []
-    column_ranges = change_ranges(change_set, source.schema(), columns)
+    column_ranges = change_ranges(change_set, source.schema(), columns, table=source)
     payload["ranges"] = {name: r.to_dict() for name, r in column_ranges.items()}
     if changelog or changelog_out:
         log = compute_changelog(source, change_set)
