@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
 from calve.capture.changelog import compute_changelog, read_tasks, snapshot_schema
@@ -22,6 +24,7 @@ from calve.capture.changes import ChangeSet
 from calve.capture.icdc import IcdcTable
 from calve.capture.ranges import ColumnRange, change_ranges
 from calve.errors import CalveError
+from calve.read.duckdb_scan import read_matched
 from calve.read.planning import plan_files, read_files
 from calve.state import InputRead, StepMetrics
 from calve.workflows.filters import expression, uses_other_inputs
@@ -199,13 +202,32 @@ def _read_pinned(
     if keys is None:
         tasks = plan_files(source, condition, until)
         table = read_files(source, tasks, condition, projection)
-    else:  # the files that may hold one of the keys, pruned by their bounds
-        tasks = plan_key_files(source, keys, until, condition)
-        table = read_key_files(source, tasks, keys, condition, projection)
+        return table, len(tasks), _size(tasks), table.num_rows
+    # the files that may hold one of the keys, pruned by their bounds
+    tasks = plan_key_files(source, keys, until, condition)
+    if keys.num_rows:
+        _check_match_columns(keys, projection.column_names)
+    table, decoded = _read_matched(source, tasks, keys, condition, projection)
+    return table, len(tasks), _size(tasks), decoded
+
+
+def _read_matched(
+    source: Table, tasks: list[FileScanTask], keys: pa.Table, condition: BooleanExpression, projection: Schema
+) -> tuple[pa.Table, int]:
+    """The rows of the planned files whose key tuple is in `keys` exactly, and how many rows were
+    decoded for them: with DuckDB when that is exact (calve.read.duckdb_scan), else with ArrowScan
+    (second key pushed into Arrow's filter) and an Arrow semi-join."""
+    matched = read_matched(source, tasks, keys, condition, projection)
+    if matched is not None:
+        return matched.rows, matched.rows_scanned
+    table = read_key_files(source, tasks, keys, condition, projection)
     decoded = table.num_rows  # rows decoded from the files, before exact key matching
-    if keys is not None:  # the file pruning is coarse: keep the exact key tuples
-        table = _semi_join(table, keys) if keys.num_rows else table.slice(0, 0)
-    return table, len(tasks), sum(t.file.file_size_in_bytes for t in tasks), decoded
+    # the file pruning is coarse: keep the exact key tuples
+    return (_semi_join(table, keys) if keys.num_rows else table.slice(0, 0)), decoded
+
+
+def _size(tasks: list[FileScanTask]) -> int:
+    return sum(t.file.file_size_in_bytes for t in tasks)
 
 
 def _read_changes(
@@ -247,12 +269,19 @@ def _read_changes(
     return both.group_by(keys).aggregate([]), log.files_read, log.bytes_read
 
 
-def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
-    names = keys.column_names
-    missing = [n for n in names if n not in table.column_names]
+def _check_match_columns(keys: pa.Table, columns: list[str]) -> None:
+    missing = [n for n in keys.column_names if n not in columns]
     if missing:
         raise CalveError(f"match: the input has no column {missing[0]!r} (select it in `columns`)")
-    numbered = table.select(names).append_column("__calve_row", pa.array(range(table.num_rows), pa.int64()))
+
+
+def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
+    """The rows of `table` whose key tuple (the columns of `keys`) is in `keys`, in table order."""
+    names = keys.column_names
+    _check_match_columns(keys, table.column_names)
+    numbered = table.select(names).append_column(
+        "__calve_row", pa.array(np.arange(table.num_rows, dtype=np.int64))
+    )
     kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
-    row_ids = kept.column("__calve_row")
-    return table.take(pc.take(row_ids, pc.sort_indices(row_ids)))
+    row_ids = kept.column("__calve_row").to_numpy()
+    return table.take(np.sort(row_ids))
