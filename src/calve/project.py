@@ -24,7 +24,13 @@ from calve.errors import ConfigError, ProjectError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.loader import load_workflow
 from calve.workflows.model import Workflow
-from calve.workflows.values import format_duration, parse_duration
+from calve.workflows.values import (
+    DEFAULT_MIN_FILES,
+    DEFAULT_SMALL_FILE_BYTES,
+    format_duration,
+    parse_duration,
+    parse_size,
+)
 from calve.workflows.yamlfile import load_yaml
 
 if TYPE_CHECKING:
@@ -42,7 +48,32 @@ DEFAULT_STATE = ".calve/state.db"
 DEFAULT_WORKFLOWS = "workflows"
 # a run whose process stopped heartbeating this long ago no longer holds its workflow's lock
 DEFAULT_LOCK_STALE_AFTER_S = 600
-SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after")
+SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after", "maintenance")
+
+# `maintenance:` (calve maintain, and the scheduler when the section is present). Compaction's
+# size and count defaults are those of `compact:` steps (calve.workflows.values).
+# a partition with more delete files than this is rewritten, deletes applied (0: any delete file)
+DEFAULT_MAX_DELETE_FILES = 0
+# a snapshot is expired once it stopped being current this long ago...
+DEFAULT_EXPIRE_OLDER_THAN_S = 7 * 86400
+# ...unless it is one of the last N of the current line of ancestry
+DEFAULT_RETAIN_LAST = 1
+# at most one maintenance of a table per this (without a window; with one: once per window)
+DEFAULT_MAINTENANCE_EVERY_S = 86400
+MAINTENANCE_KEYS = (
+    "tables",
+    "window",
+    "idle",
+    "every",
+    "compact",
+    "small_file_bytes",
+    "min_files",
+    "max_delete_files",
+    "expire",
+    "expire_older_than",
+    "retain_last",
+    "checkpoint_namespaces",
+)
 
 DEFAULT_SETTINGS = f"""\
 # calve project settings. Every key is optional: these are the defaults.
@@ -62,6 +93,24 @@ workflows: {DEFAULT_WORKFLOWS}
 
 # A run whose process stopped heartbeating this long ago no longer holds its workflow's lock.
 lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
+
+# Table maintenance by the scheduler (`calve maintain TABLE` by hand): compaction and snapshot
+# expiry of the workflows' output tables (and `tables`). Without this section the scheduler
+# maintains nothing. Uncomment to enable: the values shown are the defaults, except the examples
+# of window and idle (both off by default).
+# maintenance:
+#   tables: []                  # more tables to maintain, as in [db.events]
+#   window: "02:00-04:00"       # UTC; default: any time (then at most once per `every`)
+#   idle: 10m                   # only when the table had no commit for this long; default: off
+#   every: {format_duration(DEFAULT_MAINTENANCE_EVERY_S)}
+#   compact: true
+#   small_file_bytes: {DEFAULT_SMALL_FILE_BYTES >> 20}MiB     # smaller files are compacted when a partition has min_files
+#   min_files: {DEFAULT_MIN_FILES}
+#   max_delete_files: {DEFAULT_MAX_DELETE_FILES}         # a partition with more delete files is rewritten
+#   expire: true
+#   expire_older_than: {format_duration(DEFAULT_EXPIRE_OLDER_THAN_S)}       # never what a consumer's checkpoint needs
+#   retain_last: {DEFAULT_RETAIN_LAST}
+#   checkpoint_namespaces: null # where to look for consumer checkpoints; default: everywhere
 """
 
 EXAMPLE_WORKFLOW = """\
@@ -95,12 +144,35 @@ steps:
 
 
 @dataclass(frozen=True)
+class MaintenancePolicy:
+    """calve.yaml's `maintenance:`: which tables, when, and the thresholds (calve.write.maintenance).
+
+    `window` is (start, end) in minutes after midnight UTC (end < start wraps past midnight)."""
+
+    tables: tuple[str, ...] = ()  # besides the outputs of the project's workflows
+    window: tuple[int, int] | None = None
+    idle_s: int | None = None  # due only when the table had no commit for this long
+    every_s: int = DEFAULT_MAINTENANCE_EVERY_S
+    compact: bool = True
+    small_file_bytes: int = DEFAULT_SMALL_FILE_BYTES
+    min_files: int = DEFAULT_MIN_FILES
+    max_delete_files: int | None = DEFAULT_MAX_DELETE_FILES
+    expire: bool = True
+    expire_older_than_s: int = DEFAULT_EXPIRE_OLDER_THAN_S
+    retain_last: int = DEFAULT_RETAIN_LAST
+    checkpoint_namespaces: tuple[str, ...] | None = None  # where consumer checkpoints are looked for
+
+
+@dataclass(frozen=True)
 class Settings:
     catalog: str | None
     engine: str
     state: Path
     workflows: Path
     lock_stale_after_s: int
+    # None without a `maintenance:` section: the scheduler maintains nothing (calve maintain
+    # then uses MaintenancePolicy's defaults)
+    maintenance: MaintenancePolicy | None = None
 
 
 class Project:
@@ -179,6 +251,7 @@ def _load_settings(root: Path) -> Settings:
     path = root / PROJECT_FILE
     raw: dict[str, Any] = {}
     stale = DEFAULT_LOCK_STALE_AFTER_S
+    maintenance: MaintenancePolicy | None = None
     if path.is_file():
         try:
             doc = load_yaml(path, root)
@@ -201,6 +274,8 @@ def _load_settings(root: Path) -> Settings:
             else:
                 if stale < 1:
                     checker.problem(("lock_stale_after",), "must be at least 1s, as in 10m")
+        if "maintenance" in raw:
+            maintenance = _maintenance(checker, raw["maintenance"])
         if checker.problems:
             raise ProjectError(checker.sorted_problems())
     catalog = raw.get("catalog", DEFAULT_CATALOG)
@@ -210,7 +285,92 @@ def _load_settings(root: Path) -> Settings:
         state=(root / raw.get("state", DEFAULT_STATE)).resolve(),
         workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,
+        maintenance=maintenance,
     )
+
+
+def _maintenance(checker: Checker, value: Any) -> MaintenancePolicy:
+    """The `maintenance:` section; each problem is reported with its line."""
+    key = ("maintenance",)
+    spec = {k: v for k, v in checker.mapping(value, key, MAINTENANCE_KEYS).items() if v is not None}
+    found: dict[str, Any] = {}
+
+    def convert(name: str, parse: Any, minimum: int, example: str) -> None:
+        if name not in spec:
+            return
+        try:
+            number = parse(spec[name])
+        except (TypeError, ValueError) as exc:
+            checker.problem((*key, name), str(exc))
+            return
+        if isinstance(spec[name], bool) or number < minimum:
+            checker.problem((*key, name), f"must be at least {minimum}, as in {example}")
+            return
+        found[name] = number
+
+    convert("small_file_bytes", parse_size, 1, "32MiB")
+    convert("min_files", int, 2, "4")
+    convert("max_delete_files", int, 0, "0 (any delete file) or 8")
+    convert("retain_last", int, 1, "1 (the current snapshot)")
+    convert("idle", parse_duration, 1, "10m")
+    convert("every", parse_duration, 60, "1d")
+    convert("expire_older_than", parse_duration, 0, "7d")
+    for name in ("compact", "expire"):
+        if name in spec:
+            if isinstance(spec[name], bool):
+                found[name] = spec[name]
+            else:
+                checker.problem((*key, name), f"must be true or false, not {spec[name]!r}")
+    for name in ("tables", "checkpoint_namespaces"):
+        if name in spec:
+            items = spec[name] if isinstance(spec[name], list) else [spec[name]]
+            if not all(isinstance(item, str) and item for item in items):
+                checker.problem((*key, name), "must be a list of names, as in [db.events]")
+            elif name == "tables":
+                found[name] = tuple(t for i, t in enumerate(items) if checker.table(t, (*key, name, i)))
+            else:
+                found[name] = tuple(items)
+    if "window" in spec:
+        try:
+            found["window"] = parse_window(spec["window"])
+        except ValueError as exc:
+            checker.problem((*key, "window"), str(exc))
+    return MaintenancePolicy(
+        tables=found.get("tables", ()),
+        window=found.get("window"),
+        idle_s=found.get("idle"),
+        every_s=found.get("every", DEFAULT_MAINTENANCE_EVERY_S),
+        compact=found.get("compact", True),
+        small_file_bytes=found.get("small_file_bytes", DEFAULT_SMALL_FILE_BYTES),
+        min_files=found.get("min_files", DEFAULT_MIN_FILES),
+        max_delete_files=found.get("max_delete_files", DEFAULT_MAX_DELETE_FILES),
+        expire=found.get("expire", True),
+        expire_older_than_s=found.get("expire_older_than", DEFAULT_EXPIRE_OLDER_THAN_S),
+        retain_last=found.get("retain_last", DEFAULT_RETAIN_LAST),
+        checkpoint_namespaces=found.get("checkpoint_namespaces"),
+    )
+
+
+def parse_window(value: Any) -> tuple[int, int]:
+    """'02:00-04:00' (UTC) -> (120, 240) minutes after midnight; '22:00-02:00' wraps past midnight."""
+    text = str(value).strip()
+    parts = text.split("-")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        bounds = []
+        for part in parts:
+            hours, minutes = part.strip().split(":")
+            if not (0 <= int(hours) <= 24 and 0 <= int(minutes) < 60):
+                raise ValueError
+            bounds.append(min(int(hours) * 60 + int(minutes), 24 * 60))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a time window: write HH:MM-HH:MM (UTC), as in 02:00-04:00"
+        ) from None
+    if bounds[0] == bounds[1]:
+        raise ValueError(f"{value!r} is an empty window: start and end must differ")
+    return bounds[0], bounds[1]
 
 
 def find_project(start: Path | None = None) -> Path | None:

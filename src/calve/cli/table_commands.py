@@ -1,4 +1,4 @@
-"""Table commands: changes, icdc, compact, snapshots, consumers — thin commands over calve's capture
+"""Table commands: changes, icdc, compact, maintain, snapshots, consumers — thin commands over calve's capture
 and write modules.
 
 Each command imports pyiceberg, pyarrow and calve's capture modules when it runs, not when the
@@ -294,6 +294,107 @@ def compact(ctx: Context, table: str, small: str, min_files: int, json_mode: boo
         )
 
     out.result(result.to_dict(), render)
+
+
+@click.command()
+@click.argument("table")
+@click.option("--compact", "do_compact", is_flag=True, help="Compact small files and fold position deletes.")
+@click.option(
+    "--rewrite-manifests", is_flag=True, help="Rewrite manifests (not supported by pyiceberg 0.12)."
+)
+@click.option(
+    "--expire-older-than",
+    metavar="DURATION",
+    help="Expire snapshots that stopped being current this long ago, as in 7d. Implies expiry.",
+)
+@click.option(
+    "--retain-last", type=click.IntRange(min=1), metavar="N", help="Always keep the last N. Implies expiry."
+)
+@click.option("--dry-run", is_flag=True, help="Plan and report; commit nothing.")
+@json_option
+@click.pass_obj
+@handle_errors
+def maintain(
+    ctx: Context,
+    table: str,
+    do_compact: bool,
+    rewrite_manifests: bool,
+    expire_older_than: str | None,
+    retain_last: int | None,
+    dry_run: bool,
+    json_mode: bool,
+    out: Output,
+) -> None:
+    """Maintain TABLE off the hot path: compaction, then snapshot expiry.
+
+    With no action flag, does all that the project's `maintenance:` policy (calve.yaml) enables,
+    with its thresholds (defaults without one: compact partitions with 4 small files or any delete
+    file; expire snapshots that stopped being current 7 days ago, keeping the last one). Compaction
+    commits a `replace`, which consumers never see as a change. Expiry never removes the current
+    snapshot, a branch or tag head, or any snapshot a consumer's checkpoint still needs.
+
+    \b
+    Examples:
+      calve maintain db.events --dry-run
+      calve maintain db.events --expire-older-than 3d --retain-last 5 --json
+      calve maintain db.events --compact
+    """
+    from calve.workflows.values import parse_duration
+    from calve.write.maintenance import maintain as maintain_table
+
+    older_than_s = None
+    if expire_older_than is not None:
+        try:
+            older_than_s = parse_duration(expire_older_than)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--expire-older-than") from None
+    expire_asked = older_than_s is not None or retain_last is not None
+    everything = not (do_compact or rewrite_manifests or expire_asked)
+    policy = ctx.project.settings.maintenance if ctx.project_root is not None else None
+    result = maintain_table(
+        ctx.catalog,
+        table,
+        policy,
+        compact_files=None if everything else do_compact,
+        rewrite_manifests=everything or rewrite_manifests,
+        expire=None if everything else expire_asked,
+        expire_older_than_s=older_than_s,
+        retain_last=retain_last,
+        dry_run=dry_run,
+    )
+
+    def render(console: Console) -> None:
+        would = "would be " if dry_run else ""
+        c = result.compaction
+        if c is not None:
+            if not c.partitions and not c.delete_files_removed:
+                console.print(
+                    f"{table}: nothing to compact ({c.data_files_before} data files, "
+                    f"{c.delete_files_before} delete files)"
+                )
+            else:
+                console.print(
+                    f"{table}: {c.partitions} partition(s), {c.files_removed} data file(s) "
+                    f"{would}folded into {c.files_written if not dry_run else 'fewer'}, "
+                    f"{c.delete_files_removed} delete file(s) {would}removed "
+                    f"({human_bytes(c.bytes_read)} read)"
+                    + (f", replace snapshot {c.snapshot_id}" if c.snapshot_id else "")
+                )
+        e = result.expiry
+        if e is not None:
+            console.print(f"{table}: {len(e.expired)} of {e.snapshots_before} snapshot(s) {would}expired")
+            for kept in e.kept:
+                console.print(f"  {kept.describe()}")
+            for warning in e.warnings:
+                console.print(f"  [yellow]{warning}[/yellow]")
+        if result.manifests:
+            console.print(f"{table}: manifests {result.manifests}")
+        if result.error:
+            console.print(f"[red]{result.error}[/red]")
+
+    out.result(result.to_dict(), render)
+    if result.error:
+        raise SystemExit(1)
 
 
 @click.command()
