@@ -104,11 +104,11 @@ lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
 #   idle: 10m                   # only when the table had no commit for this long; default: off
 #   every: {format_duration(DEFAULT_MAINTENANCE_EVERY_S)}
 #   compact: true
-#   small_file_bytes: {DEFAULT_SMALL_FILE_BYTES >> 20}MiB     # smaller files are compacted when a partition has min_files
+#   small_file_bytes: {DEFAULT_SMALL_FILE_BYTES >> 20}MiB  # compact min_files files smaller than this
 #   min_files: {DEFAULT_MIN_FILES}
-#   max_delete_files: {DEFAULT_MAX_DELETE_FILES}         # a partition with more delete files is rewritten
+#   max_delete_files: {DEFAULT_MAX_DELETE_FILES}  # a partition with more delete files is rewritten
 #   expire: true
-#   expire_older_than: {format_duration(DEFAULT_EXPIRE_OLDER_THAN_S)}       # never what a consumer's checkpoint needs
+#   expire_older_than: {format_duration(DEFAULT_EXPIRE_OLDER_THAN_S)}  # checkpoints are always kept
 #   retain_last: {DEFAULT_RETAIN_LAST}
 #   checkpoint_namespaces: null # where to look for consumer checkpoints; default: everywhere
 """
