@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from pyiceberg.conversions import from_bytes
-from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent, ManifestFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.types import (
@@ -132,6 +132,7 @@ class _DataFileIndex:
     def __init__(self, table: Table) -> None:
         self.table = table
         self._by_snapshot: dict[int, dict[tuple[int, Any], list[DataFile]]] = {}
+        self._by_manifest: dict[str, list[DataFile]] = {}
 
     def _partitions(self, snapshot_id: int | None) -> dict[tuple[int, Any], list[DataFile]]:
         if snapshot_id is None:
@@ -143,11 +144,17 @@ class _DataFileIndex:
                 for manifest in snapshot.manifests(self.table.io):
                     if manifest.content != ManifestContent.DATA:
                         continue
-                    for entry in manifest.fetch_manifest_entry(self.table.io, discard_deleted=True):
-                        data_file = entry.data_file
+                    for data_file in self._files(manifest):
                         partitions.setdefault((data_file.spec_id, data_file.partition), []).append(data_file)
             self._by_snapshot[snapshot_id] = partitions
         return self._by_snapshot[snapshot_id]
+
+    def _files(self, manifest: ManifestFile) -> list[DataFile]:
+        """A manifest's live files, read once: successive snapshots share most manifests."""
+        if manifest.manifest_path not in self._by_manifest:
+            entries = manifest.fetch_manifest_entry(self.table.io, discard_deleted=True)
+            self._by_manifest[manifest.manifest_path] = [e.data_file for e in entries]
+        return self._by_manifest[manifest.manifest_path]
 
     def referenced(self, delete: FileChange) -> list[DataFile]:
         """The data files a position delete file may delete rows of, live when it was added or removed
