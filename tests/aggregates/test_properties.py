@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,7 +119,8 @@ def _check_state(plan: AggregatePlan, groups: StoredTable, values: StoredTable, 
         assert stored_rows == _sorted(rebuilt.values)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sql=queries(), history=st.lists(rounds, min_size=1, max_size=6))
 def test_maintained_output_equals_a_recomputation(sql: str, history: list[dict[str, Any]]) -> None:
     plan = analyze(sql, "events")

@@ -10,6 +10,7 @@ inserted and deleted rows. The SQL is parsed by sqlglot in the DuckDB dialect, n
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlglot
@@ -58,7 +59,8 @@ _VOLATILE_NAMES = frozenset(
         *("current_connection_id", "sleep_ms"),
     }
 )
-_INTERNAL_PREFIXES = ("_rows", "_a", "_v", "_set", "_value_key", "_count", "_calve", "__calve")
+# names of the state's own columns (and of the output's delete column): a group key cannot take them
+_RESERVED = re.compile(r"_rows|_set|_value_key|_count|_agg\d+|_a\d+_\w+|_v\d+|_calve_deleted|__calve.*", re.I)
 
 
 class NotIncrementalError(CalveError):
@@ -123,13 +125,16 @@ def analyze_sql(sql: str, input_alias: str) -> Analysis:
                 f"output column {item.sql('duckdb')} has no name: write {item.sql('duckdb')} AS name "
                 "(the output is merged into its table by column name)"
             )
-        if name.lower().startswith(_INTERNAL_PREFIXES):
-            raise NotIncrementalError(f"output column {name!r}: names starting with _ are kept for the state")
+        if name.lower() == "_calve_deleted":
+            raise NotIncrementalError("output column '_calve_deleted': the name is kept for deleted groups")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise NotIncrementalError(f"output column(s) {', '.join(duplicates)} appear more than once")
     by_alias = {name.lower(): item.unalias() for item, name in zip(items, names, strict=True)}
     keys = _keys(select, items, names, by_alias)
+    for name, _ in keys.values():
+        if _RESERVED.fullmatch(name):
+            raise NotIncrementalError(f"group key {name!r}: the state uses that name; rename the column")
     aggregates: list[Aggregate] = []
     key_names = {normal: name for normal, (name, _) in keys.items()}
     outputs = tuple(
