@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import (
@@ -36,8 +37,9 @@ from pyiceberg.types import NestedField
 
 from calve.capture.ranges import file_bounds
 from calve.errors import CalveError
+from calve.read.duckdb_scan import matching_files, read_unmatched
 from calve.read.planning import plan_files, read_files
-from calve.write.mor import matched_positions, merge_on_read
+from calve.write.mor import deleted_rows, matched_positions_of, merge_on_read
 
 ALWAYS_TRUE = AlwaysTrue()
 IN_LIST_LIMIT = 1000  # distinct values per key column above which planning uses a min..max range
@@ -52,8 +54,10 @@ class MergePlan:
     rows_read: int = 0
     rows_matched: int = 0  # target rows replaced or deleted
     rows_upserted: int = 0
-    # merge-on-read: data file path -> (data file, positions to delete) instead of rewritten files
+    # merge-on-read: data file path -> (data file, positions to delete) instead of rewritten files;
+    # positions None: the file is removed and its kept rows are in `rows` (see MOR_REWRITE_SHARE)
     positions: dict[str, tuple[DataFile, Any]] = field(default_factory=dict)
+    kept: list[pa.Table] = field(default_factory=list, repr=False)  # while planning: rows to keep
 
 
 def _in_or_range(name: str, column: pa.Array | pa.ChunkedArray) -> BooleanExpression:
@@ -223,37 +227,123 @@ def plan_merge(
         plan.rows = upserts
         return plan
     distinct_keys = key_rows  # unique, checked above
-    kept_parts: list[pa.Table] = []
     tasks = plan_key_files(table, distinct_keys)
+    plan.files_read = len(tasks)
     if merge_on_read(table):
-        for task in tasks:
-            positions = matched_positions(table, task, distinct_keys)
-            plan.files_read += 1
-            if len(positions):
-                plan.positions[task.file.file_path] = (task.file, positions)
-                plan.rows_matched += len(positions)
-        plan.rows = upserts
-        return plan
-    key_reader = ArrowScan(table.metadata, table.io, table.schema().select(*keys), AlwaysTrue())
-    reader = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+        _plan_merge_on_read(plan, table, tasks, distinct_keys)
+    else:
+        _plan_copy_on_write(plan, table, tasks, distinct_keys)
+    kept = [p.select(upserts.column_names).cast(upserts.schema) for p in plan.kept if p.num_rows]
+    plan.rows = pa.concat_tables([*kept, upserts]) if kept else upserts
+    plan.kept = []
+    return plan
+
+
+# merge-on-read: a file whose deleted rows (already and by this merge) would reach this share of
+# its rows is rewritten instead (copy-on-write for that file), so that no file is mostly deletes
+MOR_REWRITE_SHARE = 0.5
+
+
+def _plan_merge_on_read(plan: MergePlan, table: Table, tasks: list[FileScanTask], keys: pa.Table) -> None:
+    """Position deletes for the matched rows of each candidate file, except a file where most rows
+    would then be deleted: that one is rewritten without them (positions None, its kept rows in
+    `plan.kept`), as copy-on-write would."""
+    found = matched_positions_of(table, tasks, keys)
+    by_path = {task.file.file_path: task for task in tasks}
+    plan.rows_read += sum(task.file.record_count for task in tasks)
+    rewritten = []
+    for path, positions in found.items():
+        task = by_path[path]
+        plan.rows_matched += len(positions)
+        deleted = deleted_rows(table, task) + len(positions)
+        if deleted >= MOR_REWRITE_SHARE * task.file.record_count:
+            rewritten.append(task)
+            plan.positions[path] = (task.file, None)
+            plan.deleted_files.append(task.file)
+        else:
+            plan.positions[path] = (task.file, positions)
+    if rewritten:  # their live rows without the matched ones (deletes applied by ArrowScan)
+        plan.bytes_read += sum(task.file.file_size_in_bytes for task in rewritten)
+        plan.kept.extend(_arrow_kept_rows(table, task, keys) for task in rewritten)
+
+
+def _plan_copy_on_write(plan: MergePlan, table: Table, tasks: list[FileScanTask], keys: pa.Table) -> None:
+    """The candidate files where a key matched are rewritten: `plan.deleted_files`, their other
+    rows in `plan.kept`. With DuckDB (one query for the files holding a key, one for the kept rows
+    of those files) when exact, else file by file with Arrow."""
+    hits = matching_files(table, tasks, keys)
+    if hits is None:
+        matched = _arrow_copy_on_write(plan, table, tasks, keys)
+    else:
+        matched = [task for task in tasks if task.file.file_path in hits]
+        plan.rows_read += sum(task.file.record_count for task in tasks)  # the key columns of each
+        plan.rows_matched += sum(hits.values())
+        kept = read_unmatched(table, matched, keys)
+        if kept is None:  # a column DuckDB may not read: the kept rows with Arrow
+            kept = (
+                pa.concat_tables([_arrow_kept_rows(table, task, keys) for task in matched])
+                if matched
+                else None
+            )
+        if kept is not None:
+            plan.kept.append(kept)
+    plan.deleted_files.extend(task.file for task in matched)
+    plan.bytes_read += sum(task.file.file_size_in_bytes for task in matched)
+
+
+def _arrow_copy_on_write(
+    plan: MergePlan, table: Table, tasks: list[FileScanTask], keys: pa.Table
+) -> list[FileScanTask]:
+    """File by file: the key columns first (most candidate files hold none of the keys), joined with
+    the keys within the file's bounds; a file where a key matched is read whole."""
+    names = keys.column_names
+    key_reader = ArrowScan(table.metadata, table.io, table.schema().select(*names), ALWAYS_TRUE)
+    reader = ArrowScan(table.metadata, table.io, table.schema(), ALWAYS_TRUE)
+    matched = []
     for task in tasks:
-        # first the key columns only: most candidate files hold none of the keys
         key_columns = key_reader.to_table([task])
-        plan.files_read += 1
         plan.rows_read += key_columns.num_rows
-        numbered = key_columns.append_column("__calve_row", pa.array(range(key_columns.num_rows), pa.int64()))
-        survivors = numbered.join(distinct_keys, keys=keys, join_type="left anti", use_threads=True)
+        numbered = key_columns.append_column("__calve_row", _row_numbers(key_columns.num_rows))
+        survivors = numbered.join(
+            keys_within(table, task, keys), keys=names, join_type="left anti", use_threads=True
+        )
         if survivors.num_rows == key_columns.num_rows:
             continue
         rows = reader.to_table([task])  # a key matched: the file is rewritten without those rows
-        plan.bytes_read += task.file.file_size_in_bytes
-        row_ids = survivors.column("__calve_row")
-        kept = rows.take(pc.take(row_ids, pc.sort_indices(row_ids)))
-        plan.deleted_files.append(task.file)
+        kept = rows.take(np.sort(survivors.column("__calve_row").to_numpy()))
+        matched.append(task)
         plan.rows_matched += rows.num_rows - kept.num_rows
-        if kept.num_rows:
-            kept_parts.append(kept.select(rows.column_names))
-    target_schema = upserts.schema
-    parts = [p.cast(target_schema) for p in kept_parts] + [upserts]
-    plan.rows = pa.concat_tables(parts) if len(parts) > 1 else upserts
-    return plan
+        plan.kept.append(kept)
+    return matched
+
+
+def _arrow_kept_rows(table: Table, task: FileScanTask, keys: pa.Table) -> pa.Table:
+    rows = ArrowScan(table.metadata, table.io, table.schema(), ALWAYS_TRUE).to_table([task])
+    numbered = rows.select(keys.column_names).append_column("__calve_row", _row_numbers(rows.num_rows))
+    survivors = numbered.join(keys_within(table, task, keys), keys=keys.column_names, join_type="left anti")
+    return rows.take(np.sort(survivors.column("__calve_row").to_numpy()))
+
+
+def keys_within(table: Table, task: FileScanTask, keys: pa.Table) -> pa.Table:
+    """The key tuples that lie within a data file's column bounds (the others cannot be in it), with
+    the table's column types: a smaller hash table for the per-file join."""
+    schema = table.schema()
+    keys = keys.cast(Schema(*(schema.find_field(n) for n in keys.column_names)).as_arrow())
+    keep = None
+    for name in keys.column_names:
+        key_field = schema.find_field(name)
+        low, high = file_bounds(task.file, key_field.field_id, key_field.field_type)
+        column = keys.column(name)
+        for bound, compare in ((low, pc.greater_equal), (high, pc.less_equal)):
+            if bound is None:
+                continue
+            try:
+                condition = compare(column, pa.scalar(bound, column.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                continue  # a bound Arrow cannot compare here: no narrowing on it
+            keep = condition if keep is None else pc.and_(keep, condition)
+    return keys if keep is None else keys.filter(keep)
+
+
+def _row_numbers(count: int) -> pa.Array:
+    return pa.array(np.arange(count, dtype=np.int64))

@@ -33,6 +33,7 @@ from pyiceberg.manifest import (
     write_manifest_list,
 )
 from pyiceberg.table import FileScanTask, Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.refs import MAIN_BRANCH, SnapshotRefType
 from pyiceberg.table.snapshots import (
     Operation,
@@ -45,6 +46,7 @@ from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSn
 
 from calve.capture.icdc import _avro_codec, added_entry
 from calve.errors import CalveError
+from calve.read import duckdb_scan
 
 MERGE_MODE_PROPERTY = "write.merge.mode"
 FILE_PATH_ID = 2147483546  # reserved field ids of position delete files (Iceberg spec)
@@ -110,7 +112,31 @@ def matched_positions(table: Table, task: FileScanTask, keys: pa.Table) -> np.nd
     )
     numbered = raw.append_column("__calve_pos", pa.array(np.arange(raw.num_rows, dtype=np.int64)))
     matched = numbered.join(keys, keys=names, join_type="left semi").column("__calve_pos")
-    positions = np.unique(matched.to_numpy())
+    return live_positions(table, task, np.unique(matched.to_numpy()))
+
+
+def matched_positions_of(
+    table: Table, tasks: Sequence[FileScanTask], keys: pa.Table
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Per data file path of `tasks`: the positions of its live rows whose key tuple is in `keys`
+    (files with none left out). One DuckDB query over every file when exact (positions are
+    positions in the file, so raw reads are right even with delete files), else file by file."""
+    raw = duckdb_scan.matched_positions(table, tasks, keys)
+    found: dict[str, np.ndarray[Any, Any]] = {}
+    for task in tasks:
+        if raw is None:
+            positions = matched_positions(table, task, keys)
+        elif task.file.file_path in raw:
+            positions = live_positions(table, task, raw[task.file.file_path])
+        else:
+            continue
+        if len(positions):
+            found[task.file.file_path] = positions
+    return found
+
+
+def live_positions(table: Table, task: FileScanTask, positions: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """`positions` of a data file without those its delete files already delete."""
     for delete_file in task.delete_files:  # already deleted rows stay deleted
         deleted = _read_deletes(table.io, delete_file).get(task.file.file_path)
         if deleted is not None and len(positions):
@@ -118,15 +144,25 @@ def matched_positions(table: Table, task: FileScanTask, keys: pa.Table) -> np.nd
     return positions
 
 
+def deleted_rows(table: Table, task: FileScanTask) -> int:
+    """How many rows of a data file its delete files delete."""
+    deleted = [_read_deletes(table.io, d).get(task.file.file_path) for d in task.delete_files]
+    arrays = [d.to_numpy() for d in deleted if d is not None]
+    return len(np.unique(np.concatenate(arrays))) if arrays else 0
+
+
 def stage_merge_on_read(
     tx: Transaction,
     table: Table,
     rows: pa.Table,
-    deletes: dict[str, tuple[DataFile, np.ndarray[Any, Any]]],
+    deletes: dict[str, tuple[DataFile, np.ndarray[Any, Any] | None]],
     snapshot_properties: dict[str, str],
 ) -> None:
     """Stage one `overwrite` snapshot in `tx`: `rows` appended, `deletes` (data file path ->
-    (data file, positions)) written as position delete files. Existing manifests are kept as they are."""
+    (data file, positions)) written as position delete files; a file whose positions are None is
+    removed instead (rewritten: its kept rows are in `rows`). The new manifests are added to the
+    parent's, which are kept as they are, except a manifest listing a removed file: that one is
+    rewritten with the file marked deleted (as every Iceberg writer does)."""
     metadata = tx.table_metadata
     parent = metadata.current_snapshot()
     snapshot_id = metadata.new_snapshot_id()
@@ -154,7 +190,7 @@ def stage_merge_on_read(
 
     delete_files: dict[int, list[DataFile]] = {}
     for data_file, positions in deletes.values():
-        if len(positions):
+        if positions is not None and len(positions):
             delete_file = write_position_deletes(table.io, location, data_file, positions)
             delete_files.setdefault(data_file.spec_id, []).append(delete_file)
     for spec_id, files in delete_files.items():
@@ -167,7 +203,13 @@ def stage_merge_on_read(
                 collector.add_file(delete_file, schema=schema, partition_spec=spec)
         manifests.append(delete_writer.to_manifest_file())
 
+    removed = {path: data_file for path, (data_file, positions) in deletes.items() if positions is None}
     existing = parent.manifests(table.io) if parent is not None else []
+    if removed:
+        existing = [
+            _without(table, metadata, manifest, removed, snapshot_id, codec, collector)
+            for manifest in existing
+        ]
     manifest_list = f"{location}/metadata/snap-{snapshot_id}-0-{uuid.uuid4()}.avro"
     with write_manifest_list(
         2,
@@ -205,3 +247,31 @@ def stage_merge_on_read(
         ),
     )
     tx._stage(updates, requirements)  # type: ignore[arg-type]
+
+
+def _without(
+    table: Table,
+    metadata: TableMetadata,
+    manifest: ManifestFile,
+    removed: dict[str, DataFile],
+    snapshot_id: int,
+    codec: Any,
+    collector: SnapshotSummaryCollector,
+) -> ManifestFile:
+    """`manifest` as it is, or, if it lists a removed data file, a copy with that file DELETED."""
+    if manifest.content != ManifestContent.DATA:
+        return manifest
+    entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+    if not any(entry.data_file.file_path in removed for entry in entries):
+        return manifest
+    spec = metadata.specs()[manifest.partition_spec_id]
+    schema = metadata.schema()
+    path = f"{metadata.location}/metadata/{uuid.uuid4()}-m1.avro"
+    with write_manifest(2, spec, schema, table.io.new_output(path), snapshot_id, codec) as writer:
+        for entry in entries:
+            if entry.data_file.file_path in removed:
+                writer.delete(entry)
+                collector.remove_file(entry.data_file, schema=schema, partition_spec=spec)
+            else:
+                writer.existing(entry)
+    return writer.to_manifest_file()
