@@ -148,9 +148,13 @@ def _render_playback(console: Console, report: dict[str, Any]) -> None:
             f"{pipeline}: [{colour}]{total:,} rows differ[/{colour}] from a from-scratch recomputation "
             f"({per_table})"
         )
-    stage_1, stage_2 = report["stages"]["daily"]["cpu_ratio"], report["stages"]["agg"]["cpu_ratio"]
+    stage_1, stage_2 = report["stage1_cpu_ratio"], report["stage2_cpu_ratio"]
     console.print(
         f"calve used {report['cpu_ratio']:.0%} of the lookback's CPU time "
-        f"(stage 1 {stage_1:.0%}, stage 2 {stage_2:.0%}) and read {report['bytes_read_ratio']:.0%} "
-        "of its bytes."
+        f"(stage 1 {_percent(stage_1)}, stage 2 {_percent(stage_2)}) and read "
+        f"{report['bytes_read_ratio']:.0%} of its bytes."
     )
+
+
+def _percent(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.0%}"

@@ -279,6 +279,9 @@ def report(
         "calve_cpu_s": round(total_calve.cpu_s, 3),
         "lookback_cpu_s": round(total_lookback.cpu_s, 3),
         "cpu_ratio": ratio(total_calve.cpu_s, total_lookback.cpu_s),
+        # calve stage CPU / lookback stage CPU (the same as stages.<stage>.cpu_ratio, for scripts)
+        "stage1_cpu_ratio": stages["daily"]["cpu_ratio"],
+        "stage2_cpu_ratio": stages["agg"]["cpu_ratio"],
         "wall_ratio": ratio(total_calve.wall_s, total_lookback.wall_s),
         "bytes_read_ratio": ratio(total_calve.bytes_read, total_lookback.bytes_read),
         "rows_read_ratio": ratio(total_calve.rows_read, total_lookback.rows_read),
