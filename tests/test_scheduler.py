@@ -226,3 +226,26 @@ def test_one_tick_runs_a_chain_of_incremental_workflows_to_its_end(tmp_path: Pat
     totals = project.catalog.load_table("shop.account_amounts").scan().to_arrow()
     copied = project.catalog.load_table("shop.copied").scan().to_arrow()
     assert sum(totals.column("amount").to_pylist()) == sum(copied.column("amount").to_pylist())
+
+
+def test_the_scheduler_maintains_outputs_by_the_policy_and_capture_ignores_it(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    init_project(root, example=False)
+    (root / "calve.yaml").write_text("maintenance:\n  every: 1h\n  min_files: 2\n  expire: false\n")
+    (root / "workflows" / "w.yaml").write_text(textwrap.dedent(ON_CHANGE))
+    project, clock = Project(root), Clock(START)
+    events, _ = create_shop(project.catalog)
+    shop = Shop()
+    events.append(shop.round()[0])
+    first = scheduler(project, clock).tick()  # the run, then its output's first maintenance
+    assert [f.trigger for f in first] == ["incremental:any:shop.events", "maintenance"]
+    for _ in range(3):  # three more small appended files in the output
+        events.append(shop.round()[0])
+        clock.advance(minutes=6)
+        assert [f.trigger for f in scheduler(project, clock).tick()] == ["incremental:any:shop.events"]
+    clock.advance(hours=1)
+    (maintained,) = [f for f in scheduler(project, clock).tick() if f.trigger == "maintenance"]
+    assert maintained.workflow == "shop.change_counts" and "compacted" in maintained.note
+    counts = project.catalog.load_table("shop.change_counts")
+    assert counts.current_snapshot().summary.operation.value == "replace"  # type: ignore[union-attr]
+    assert sum(counts.scan().to_arrow().column("n").to_pylist()) == events.scan().to_arrow().num_rows

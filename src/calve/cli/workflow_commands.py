@@ -106,10 +106,23 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
             for problem in exc.problems:
                 out.err.print(f"  {problem}", markup=False)
         sys.exit(1)
+    from calve.workflows.strategies import choose
+
+    strategies = {
+        w.id: {s.id: choose(s) for s in w.steps if s.strategy is not None} for w in workflows.values()
+    }  # from the SQL alone (`calve explain` also reads the input's columns from the catalog)
     payload = {
         "valid": True,
         "workflows": {
-            w.id: {"path": str(w.path), "version": w.version, "steps": [s.id for s in w.steps]}
+            w.id: {
+                "path": str(w.path),
+                "version": w.version,
+                "steps": [s.id for s in w.steps],
+                "strategies": {
+                    step: {"strategy": c.strategy.value, "reason": c.reason}
+                    for step, c in strategies[w.id].items()
+                },
+            }
             for w in workflows.values()
         },
     }
@@ -122,6 +135,42 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
                 f"[green]ok[/green] {w.id} ({w.path.name}): {len(w.steps)} step(s), "
                 f"{len(w.triggers)} trigger(s)"
             )
+            for step, choice in strategies[w.id].items():
+                console.print(
+                    f"  step {step}: strategy {choice.strategy.value}: {choice.reason}", markup=False
+                )
+
+    out.result(payload, render)
+
+
+@click.command()
+@click.argument("workflow_id", metavar="WORKFLOW")
+@click.argument("step_id", metavar="[STEP]", required=False)
+@json_option
+@click.pass_obj
+@handle_errors
+def explain(ctx: Context, workflow_id: str, step_id: str | None, json_mode: bool, out: Output) -> None:
+    """Say how each step of WORKFLOW runs: what it reads, how it writes, and for a step with
+    `strategy:` which strategy calve takes and why. Nothing runs and nothing is written.
+
+    \b
+    Examples:
+      calve explain playback_calve
+      calve explain playback_calve agg --json
+    """
+    from calve.workflows.explain import explain_step
+
+    project = ctx.project
+    workflow = project.workflow(workflow_id)
+    steps = [workflow.step(step_id)] if step_id else list(workflow.steps)
+    explained = [explain_step(project.catalog, step) for step in steps]
+    payload = {"workflow": workflow.id, "steps": explained}
+
+    def render(console: Console) -> None:
+        for item in explained:
+            console.print(f"[bold]{item['step']}[/bold] ({item['kind']}): {item['summary']}", soft_wrap=True)
+            for line in item["details"]:
+                console.print(f"  {line}", markup=False, soft_wrap=True)
 
     out.result(payload, render)
 

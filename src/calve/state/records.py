@@ -128,6 +128,7 @@ class StepMetrics:
     mode: str | None = None
     merge: MergeMetrics | None = None
     partitions: int | None = None  # compact steps
+    strategy: str | None = None  # a strategy step: the strategy it ran with
     reason: str | None = None  # why a step was skipped
 
     def to_dict(self) -> dict[str, Any]:

@@ -159,7 +159,7 @@ def read_inputs(
 
 
 def _ranges(spec: InputSpec, source: Table, change_set: ChangeSet) -> dict[str, ColumnRange]:
-    ranges = change_ranges(change_set, source.schema(), list(spec.ranges))
+    ranges = change_ranges(change_set, source.schema(), list(spec.ranges), table=source)
     for column, column_range in ranges.items():
         if not column_range.complete:
             raise CalveError(
@@ -285,3 +285,11 @@ def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
     kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
     row_ids = kept.column("__calve_row").to_numpy()
     return table.take(np.sort(row_ids))
+
+
+def read_rows_of_keys(table: Table, keys: pa.Table) -> pa.Table:
+    """Every row of `table` (at its current snapshot) whose values in `keys`' columns are a row of `keys`."""
+    snapshot = table.current_snapshot()
+    spec = InputSpec("rows", ".".join(table.name()), ReadKind.TABLE, match="keys")
+    rows, *_ = _read_pinned(spec, table, snapshot.snapshot_id if snapshot else None, {}, {"keys": keys})
+    return rows

@@ -30,6 +30,7 @@ from calve.workflows.model import (
     ReadKind,
     StepKind,
     StepSpec,
+    Strategy,
     TriggerKind,
     TriggerSpec,
     Workflow,
@@ -238,6 +239,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
         "compact",
         "output",
         "foreach",
+        "strategy",
     )
     steps: list[StepSpec] = []
     seen: set[str] = set()
@@ -329,6 +331,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
             )
         if sql and kind is StepKind.SQL:
             _check_sql(c, (*key, "sql" if "sql" in spec else "sql_file"), sql, names)
+        strategy = _strategy(c, spec, key, kind, inputs, output) if "strategy" in spec else None
         depends = spec.get("depends_on") or []
         depends = c.names(depends, (*key, "depends_on"), "step ids") if depends else ()
         steps.append(
@@ -345,6 +348,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 compact=compaction,
                 foreach=foreach,
                 description=str(spec.get("description") or ""),
+                strategy=strategy,
             )
         )
     ids = [s.id for s in steps]
@@ -371,6 +375,30 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 )
             outputs[step.output.table] = step.id
     return steps
+
+
+def _strategy(
+    c: Checker,
+    spec: dict[str, Any],
+    key: tuple[Hashable, ...],
+    kind: StepKind,
+    inputs: tuple[InputSpec, ...],
+    output: OutputSpec | None,
+) -> Strategy | None:
+    """`strategy:` makes an aggregate over one whole table incremental; check what it needs."""
+    chosen = c.choice(spec["strategy"], (*key, "strategy"), tuple(Strategy))
+    if chosen is None:
+        return None
+    fix = "; a strategy step is SQL over one input read whole (read: table), merged on its group keys"
+    if kind is not StepKind.SQL:
+        c.problem((*key, "strategy"), "strategy applies to sql steps" + fix)
+    elif len(inputs) != 1 or inputs[0].read is not ReadKind.TABLE or inputs[0].match is not None:
+        c.problem(
+            (*key, "inputs"), "a strategy step has exactly one input, with read: table and no match" + fix
+        )
+    elif output is None or output.mode is not WriteMode.MERGE or not output.keys:
+        c.problem((*key, "output"), "a strategy step writes with mode: merge on keys (its group keys)" + fix)
+    return Strategy(chosen)
 
 
 def _compaction(c: Checker, raw: Any, key: tuple[Hashable, ...]) -> Compaction | None:

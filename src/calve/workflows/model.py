@@ -34,6 +34,15 @@ class ReadKind(StrEnum):
         return self is not ReadKind.TABLE
 
 
+class Strategy(StrEnum):
+    """How calve keeps a step's aggregate output up to date (`strategy:`; see docs/workflows.md)."""
+
+    AUTO = "auto"  # calve chooses from the SQL and the data (`calve explain` says which and why)
+    AGGREGATE = "aggregate"  # maintain a mergeable state from the input's changelog
+    FILTER_JOIN = "filter_join"  # re-aggregate the changed group keys from all their rows
+    RECOMPUTE = "recompute"  # re-aggregate everything, every run
+
+
 class StepKind(StrEnum):
     SQL = "sql"
     PYTHON = "python"
@@ -161,9 +170,13 @@ class StepSpec:
     compact: Compaction | None = None
     foreach: Foreach | None = None
     description: str = ""
+    strategy: Strategy | None = None  # an aggregate over one whole table, kept up to date by calve
 
     @property
     def incremental_inputs(self) -> tuple[InputSpec, ...]:
+        """The inputs whose changes the step processes (a strategy step's one input is one)."""
+        if self.strategy is not None:
+            return self.inputs
         return tuple(i for i in self.inputs if i.read.incremental)
 
 

@@ -21,6 +21,7 @@ from calve.state import MergeMetrics, StepMetrics
 from calve.workflows.filters import expression
 from calve.workflows.model import OutputSpec, StepSpec
 from calve.write.consumer import CommitResult, Consumer
+from calve.write.modes import WriteMode
 from calve.write.tables import conform, load_or_create
 
 
@@ -33,11 +34,22 @@ def write_output(
     changes: Mapping[str, ChangeSet],
     params: Mapping[str, Any],
     tables: Mapping[str, pa.Table],
+    *,
+    deletes: pa.Table | None = None,
+    mode: WriteMode | None = None,
 ) -> tuple[Table, StepMetrics]:
-    """Commit `output` into the step's target with the checkpoints of `changes`: (target, metrics)."""
+    """Commit `output` into the step's target with the checkpoints of `changes`: (target, metrics).
+
+    `deletes` are more keys to delete in a merge (a strategy step's vanished groups); `mode`
+    overrides the output's write mode (a strategy step's recompute overwrites the whole table).
+    """
     spec = step.output
     assert spec is not None
-    data, deletes = _split_deletes(step, spec, output)
+    data, flagged = _split_deletes(step, spec, output)
+    if deletes is not None and flagged is not None:
+        deletes = pa.concat_tables([flagged, deletes.select(flagged.column_names).cast(flagged.schema)])
+    elif deletes is None:
+        deletes = flagged
     if target is None:
         target = load_or_create(catalog, spec.table, data.schema, spec.partition_by, dict(spec.properties))
     data = conform(data, target, step.id)
@@ -53,7 +65,7 @@ def write_output(
         target,
         by_table,
         data,
-        mode=spec.mode.value,
+        mode=mode or spec.mode,
         overwrite_filter=expression(spec.filter, params, tables),
         keys=spec.keys,
         deletes=deletes,

@@ -47,14 +47,24 @@ from calve.catalog import load_table
 from calve.engines import Engine
 from calve.errors import CalveError, RunLockedError, SqlError, StepFailedError
 from calve.project import DEFAULT_LOCK_STALE_AFTER_S
-from calve.state import RESTARTABLE, RunRecord, RunStatus, StateStore, StepMetrics, StepRunRecord
+from calve.state import (
+    RESTARTABLE,
+    InputRead,
+    RunRecord,
+    RunStatus,
+    StateStore,
+    StepMetrics,
+    StepRunRecord,
+)
 from calve.workflows.injection import run_values
 from calve.workflows.inputs import StepInputs, read_inputs
-from calve.workflows.model import StepKind, StepSpec, Workflow
+from calve.workflows.model import StepKind, StepSpec, Strategy, Workflow
 from calve.workflows.outputs import write_output
 from calve.workflows.python_steps import StepContext, call_python
+from calve.workflows.strategies import FILTER_JOIN_KEYS, Choice, choose, filter_join_inputs
 from calve.write.compaction import compact
 from calve.write.consumer import Consumer
+from calve.write.modes import WriteMode
 
 if TYPE_CHECKING:
     from calve.project import Project
@@ -118,6 +128,7 @@ class _Run:
         self.tables: dict[str, Table] = dict(pending.tables)
         self.unused_changes = {step: dict(by_table) for step, by_table in pending.changes.items()}
         self.published: dict[str, StepInputs] = {}  # step id -> inputs an `icdc:` step published
+        self.last_changes: dict[tuple[str, str], ChangeSet] = {}  # (step, table) -> captured for it
         self.statuses: list[RunStatus] = []
 
     def pin(self, name: str, table: Table | None) -> None:
@@ -460,6 +471,8 @@ class Runner:
             details = {alias: t.to_dict() for alias, t in inputs.icdc.items()}
             return RunStatus.SUCCEEDED, replace(inputs.reads, icdc_tables=details)
 
+        if step.strategy is not None:
+            return self._strategy_step(workflow, step, run, consumer, foreach)
         if step.id in run.published:  # an icdc step published this step's inputs: read their rows
             inputs = run.published.pop(step.id).with_icdc_rows(step)
         else:
@@ -488,6 +501,95 @@ class Runner:
         run.pin(step.output.table, target)
         return RunStatus.SUCCEEDED, _combine(inputs.reads, written)
 
+    def _strategy_step(
+        self, workflow: Workflow, step: StepSpec, run: _Run, consumer: Consumer, foreach: dict[str, Any]
+    ) -> tuple[RunStatus, StepMetrics]:
+        """A strategy step: its aggregate kept up to date the way `strategies.choose` picks."""
+        assert step.output is not None and step.sql is not None
+        spec = step.inputs[0]
+        run.load(spec.table, lambda name: load_table(self.catalog, name))
+        choice = choose(step, run.tables[spec.table].schema().column_names)
+        self.progress(f"  step {step.id}: strategy {choice.strategy.value} ({choice.reason})")
+        if choice.strategy is Strategy.AGGREGATE:
+            return self._aggregate_step(workflow, step, run, consumer, foreach, choice)
+        derived = filter_join_inputs(step) if choice.strategy is Strategy.FILTER_JOIN else step
+        inputs = self._inputs(workflow, derived, run, consumer, foreach)
+        changes = inputs.changes or {spec.alias: run.last_changes[(step.id, spec.table)]}
+        reads = replace(inputs.reads, strategy=choice.strategy.value)
+        if not any(not cs.is_empty for cs in changes.values()):
+            run.pin(step.output.table, self._target(step, run.tables))
+            return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
+        output = self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+        if output is None:
+            raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
+        _faults.crash_point("runner.after_compute")
+        deletes, mode = None, None
+        if choice.strategy is Strategy.FILTER_JOIN:  # changed keys with no row left: their groups go
+            keys = list(step.output.keys)
+            changed = inputs.tables[FILTER_JOIN_KEYS].select(keys)
+            deletes = changed.join(output.select(keys).cast(changed.schema), keys=keys, join_type="left anti")
+        else:
+            mode = WriteMode.OVERWRITE
+        target, written = write_output(
+            self.catalog,
+            step,
+            output,
+            consumer,
+            self._target(step, run.tables),
+            changes,
+            inputs.params,
+            inputs.tables,
+            deletes=deletes,
+            mode=mode,
+        )
+        run.pin(step.output.table, target)
+        return RunStatus.SUCCEEDED, _combine(reads, written)
+
+    def _aggregate_step(
+        self,
+        workflow: Workflow,
+        step: StepSpec,
+        run: _Run,
+        consumer: Consumer,
+        foreach: dict[str, Any],
+        choice: Choice,
+    ) -> tuple[RunStatus, StepMetrics]:
+        """The aggregate strategy: the state brought up to the pin, the changed groups' rows merged."""
+        from calve.aggregates import analyze
+        from calve.workflows.aggregate_step import maintain
+
+        assert step.output is not None and step.sql is not None
+        spec = step.inputs[0]
+        source, until = run.tables[spec.table], run.pins[spec.table]
+        target = self._target(step, run.tables)
+        changes = run.take_changes(step.id, spec.table)
+        if changes is None:
+            changes = _pending(consumer, source, target, until)
+        reads = StepMetrics(
+            inputs={spec.alias: _read_of(spec.table, changes)}, strategy=choice.strategy.value
+        )
+        if changes.is_empty:
+            run.pin(step.output.table, target)
+            return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
+        plan = analyze(step.sql, spec.alias)
+        result = maintain(
+            self.catalog, self.state, step, plan, consumer, source, until, changes, self.progress
+        )
+        _faults.crash_point("runner.after_compute")
+        target, written = write_output(
+            self.catalog,
+            step,
+            result.rows,
+            consumer,
+            target,
+            {spec.alias: changes},
+            {},
+            {},
+            deletes=result.deletes,
+        )
+        run.pin(step.output.table, target)
+        return RunStatus.SUCCEEDED, _combine(replace(reads, rows_read=result.changelog_rows), written)
+
     def _inputs(
         self,
         workflow: Workflow,
@@ -507,6 +609,7 @@ class Runner:
                 if captured is None:
                     captured = _pending(consumer, run.tables[spec.table], target, run.pins[spec.table])
                 changes[spec.table] = captured
+                run.last_changes[(step.id, spec.table)] = captured
         record = run.record
         base = run_values(
             record.params,
@@ -556,6 +659,15 @@ def _pending(consumer: Consumer, source: Table, target: Table | None, until: int
     return consumer.pending(source, target, until)
 
 
+def _read_of(table: str, changes: ChangeSet) -> InputRead:
+    return InputRead(
+        table,
+        from_snapshot_id=changes.from_snapshot_id_exclusive,
+        to_snapshot_id=changes.to_snapshot_id_inclusive,
+        snapshots=len(changes.logical_snapshots),
+    )
+
+
 def _snapshot_id(table: Table) -> int | None:
     snapshot = table.current_snapshot()
     return snapshot.snapshot_id if snapshot else None
@@ -569,6 +681,7 @@ def _combine(reads: StepMetrics, written: StepMetrics) -> StepMetrics:
         bytes_read=reads.bytes_read,
         inputs=reads.inputs,
         icdc_tables=reads.icdc_tables,
+        strategy=reads.strategy,
     )
 
 

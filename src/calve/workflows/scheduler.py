@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyiceberg.table import Table
 
@@ -38,6 +38,9 @@ from calve.state import ACTIVE, RunRecord, RunStatus
 from calve.workflows.model import TriggerKind, TriggerSpec, Workflow
 from calve.workflows.runner import Runner, RunResult
 from calve.workflows.triggers import CronExpression, interval_slot, parse_slot, slot_key
+
+if TYPE_CHECKING:
+    from calve.write.maintenance import Maintainer
 
 UTC = dt.UTC
 RETRY_ATTEMPTS = 3  # runs in all for one micro-batch whose failures are transient
@@ -93,6 +96,7 @@ class Scheduler:
         self.retry_attempts = retry_attempts
         self.retry_backoff_s = retry_backoff_s
         self._tables: dict[str, Table] = {}  # loaded once per tick
+        self._maintainer: Maintainer | None = None
 
     def tick(self) -> list[Firing]:
         """Evaluate every trigger once and run what is due; returns what fired."""
@@ -118,6 +122,35 @@ class Scheduler:
             except CalveError as exc:  # one broken workflow does not stop the others
                 self.log(f"{workflow.id}: error: {exc}")
                 firings.append(Firing(workflow.id, "-", None, None, f"error: {exc}"))
+        firings.extend(self._maintain())
+        return firings
+
+    def _maintain(self) -> list[Firing]:
+        """Table maintenance by calve.yaml's `maintenance:` policy, after the runs (off their path).
+
+        A table whose writing workflow is running is left for a later tick.
+        """
+        from calve.write.maintenance import Maintainer
+
+        if self._maintainer is None:
+            self._maintainer = Maintainer(self.project)
+        now = self.clock()
+        due = self._maintainer.due(now)
+        if not due:
+            return []
+        running = {lock.workflow for lock in self.project.state.locks()}
+        writers = {
+            table: workflow.id
+            for workflow in self.project.workflows().values()
+            for table in workflow.output_tables
+        }
+        firings = []
+        for table in due:
+            if writers.get(table) in running:
+                continue
+            result = self._maintainer.run(table, now)
+            note = _maintenance_note(result.to_dict())
+            firings.append(Firing(table, "maintenance", None, None, note))
         return firings
 
     def run_forever(self, tick_s: float = 10.0, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -271,6 +304,21 @@ def upstream_first(workflows: Mapping[str, Workflow]) -> list[Workflow]:
         order.extend(ready)
         sorter.done(*ready)
     return [workflows[wid] for wid in order]
+
+
+def _maintenance_note(result: dict[str, Any]) -> str:
+    parts = []
+    compaction = result.get("compaction") or {}
+    if compaction.get("files_removed"):
+        parts.append(
+            f"compacted {compaction['files_removed']} file(s) into {compaction.get('files_written', 0)}"
+        )
+    expiry = result.get("expiry") or {}
+    if expiry.get("expired"):
+        parts.append(f"expired {expiry['expired']} snapshot(s)")
+    if result.get("error"):
+        parts.append(f"error: {result['error']}")
+    return "maintenance: " + ("; ".join(parts) or "nothing to do")
 
 
 def _host() -> str:

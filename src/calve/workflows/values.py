@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 # `compact:` steps (and `calve compact`): a file smaller than this is small, and a partition is
-# compacted when it has at least this many small files (or files with deletes).
-DEFAULT_SMALL_FILE_BYTES = 32 << 20
-DEFAULT_MIN_FILES = 4
+# compacted when it has at least this many small files (or files with deletes)
+from calve.write.defaults import DEFAULT_MIN_FILES as DEFAULT_MIN_FILES
+from calve.write.defaults import DEFAULT_SMALL_FILE_BYTES as DEFAULT_SMALL_FILE_BYTES
 
 # the grains a change range can be widened to (`ranges: {order_day: month}`), finest first
 GRAINS = ("day", "month", "year")

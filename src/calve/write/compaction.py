@@ -42,11 +42,10 @@ from pyiceberg.table.update.snapshot import _OverwriteFiles
 
 from calve import _faults
 from calve.read.planning import MANIFESTS, plan_files, read_files
+from calve.write.defaults import DEFAULT_MIN_FILES, DEFAULT_SMALL_FILE_BYTES
 from calve.write.mor import DeleteManifestWriter
 from calve.write.transaction import transaction
 
-DEFAULT_SMALL_FILE_BYTES = 32 << 20
-DEFAULT_MIN_FILES = 4
 CRASH_DURING_COMMIT = "compaction.during_commit"
 
 
