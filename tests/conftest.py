@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,6 +14,10 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import DateType, LongType, NestedField, StringType, TimestampType
 
 from calve.catalog import embedded_catalog
+from calve.project import Project, init_project
+
+# make(settings=None, **workflows): a project in the test's tmp_path with these workflow files
+ProjectFactory = Callable[..., Project]
 
 
 @pytest.fixture
@@ -21,6 +27,22 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CALVE_HOME", str(path))
     monkeypatch.chdir(tmp_path)
     return path
+
+
+@pytest.fixture
+def project_with(tmp_path: Path) -> ProjectFactory:
+    """A factory of projects in tmp_path/project: `project_with(name=YAML, ..., settings=CALVE_YAML)`."""
+
+    def make(settings: str | None = None, **workflows: str) -> Project:
+        root = tmp_path / "project"
+        init_project(root, example=False)
+        if settings is not None:
+            (root / "calve.yaml").write_text(textwrap.dedent(settings))
+        for name, text in workflows.items():
+            (root / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
+        return Project(root)
+
+    return make
 
 
 @pytest.fixture

@@ -15,21 +15,15 @@ import pyarrow as pa
 import pytest
 
 from calve.errors import RunLockedError, WorkflowError
-from calve.project import Project, init_project
+from calve.project import Project
 from calve.state import RunStatus
 from calve.workflows.runner import Runner
 from calve.write.consumer import Consumer
+from tests.conftest import ProjectFactory
 from tests.shop import CLEAN_EVENTS, Shop, create_shop, recompute, rows
 
-WORKER = Path(__file__).with_name("workflow_worker.py")
-
-
-def make_project(tmp_path: Path, **workflows: str) -> Project:
-    root = tmp_path / "project"
-    init_project(root, example=False)
-    for name, text in workflows.items():
-        (root / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
-    return Project(root)
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "workflow_worker.py"
 
 
 def runner_for(project: Project) -> Runner:
@@ -52,9 +46,10 @@ COPY = """
 """
 
 
-def test_invalid_workflow_reports_every_problem_with_file_line_and_fix(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_invalid_workflow_reports_every_problem_with_file_line_and_fix(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         bad="""
             id: bad
             params:
@@ -87,8 +82,8 @@ def test_invalid_workflow_reports_every_problem_with_file_line_and_fix(tmp_path:
     assert len(problems) == 6
 
 
-def test_hostile_param_value_is_bound_never_pasted(tmp_path: Path) -> None:
-    project = make_project(tmp_path, copy=COPY)
+def test_hostile_param_value_is_bound_never_pasted(project_with: ProjectFactory, tmp_path: Path) -> None:
+    project = project_with(copy=COPY)
     events, _ = create_shop(project.catalog)
     events.append(Shop().round()[0])
     hostile = "x' AS label FROM events; DROP TABLE events; SELECT '"
@@ -99,9 +94,10 @@ def test_hostile_param_value_is_bound_never_pasted(tmp_path: Path) -> None:
     assert copied.num_rows == events.scan().to_arrow().num_rows
 
 
-def test_sql_error_fails_the_run_with_step_file_line_and_commits_nothing(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_sql_error_fails_the_run_with_step_file_line_and_commits_nothing(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         broken="""
             id: broken
             steps:
@@ -141,8 +137,10 @@ def test_sql_error_fails_the_run_with_step_file_line_and_commits_nothing(tmp_pat
     assert step.status is RunStatus.FAILED and "no_such_column" in (step.error or "")
 
 
-def test_one_run_per_workflow_and_a_dead_holder_does_not_block(tmp_path: Path) -> None:
-    project = make_project(tmp_path, copy=COPY)
+def test_one_run_per_workflow_and_a_dead_holder_does_not_block(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(copy=COPY)
     events, _ = create_shop(project.catalog)
     events.append(Shop().round()[0])
     state = project.state
@@ -164,9 +162,10 @@ def test_one_run_per_workflow_and_a_dead_holder_does_not_block(tmp_path: Path) -
     assert state.locks() == []
 
 
-def test_restart_skips_the_steps_that_succeeded_and_reuses_the_pins(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_restart_skips_the_steps_that_succeeded_and_reuses_the_pins(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         two="""
             id: two
             steps:
@@ -214,9 +213,8 @@ def test_restart_skips_the_steps_that_succeeded_and_reuses_the_pins(tmp_path: Pa
     assert (project.root / "checked.txt").read_text() == "1"  # one day: the pinned snapshot's
 
 
-def test_foreach_runs_one_recorded_iteration_per_value(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_foreach_runs_one_recorded_iteration_per_value(project_with: ProjectFactory, tmp_path: Path) -> None:
+    project = project_with(
         backfill="""
             id: backfill
             params:
@@ -254,9 +252,10 @@ def test_foreach_runs_one_recorded_iteration_per_value(tmp_path: Path) -> None:
     ]
 
 
-def test_icdc_step_publishes_the_table_the_next_step_reads_and_injects_its_name(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_icdc_step_publishes_the_table_the_next_step_reads_and_injects_its_name(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         publish="""
             id: publish
             steps:
@@ -286,10 +285,12 @@ def test_icdc_step_publishes_the_table_the_next_step_reads_and_injects_its_name(
     "crash_at",
     ["runner.after_compute", "consumer.before_commit", "consumer.during_commit", "consumer.after_commit"],
 )
-def test_killed_run_then_rerun_is_exactly_once(tmp_path: Path, crash_at: str) -> None:
-    project = make_project(tmp_path)
+def test_killed_run_then_rerun_is_exactly_once(
+    project_with: ProjectFactory, tmp_path: Path, crash_at: str
+) -> None:
+    project = project_with()
     (project.root / "workflows" / "clean_events.yaml").write_text(
-        (Path(__file__).parent.parent / "examples/append_merge/workflows/clean_events.yaml").read_text()
+        (ROOT / "examples/append_merge/workflows/clean_events.yaml").read_text()
     )
     events, _ = create_shop(project.catalog)
     shop = Shop()
@@ -308,7 +309,7 @@ def test_killed_run_then_rerun_is_exactly_once(tmp_path: Path, crash_at: str) ->
 
 
 def _worker(project: Project, workflow: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("CALVE_CRASH_AT", None)
     env.pop("CALVE_HOME", None)
     if crash_at:
@@ -318,8 +319,8 @@ def _worker(project: Project, workflow: str, crash_at: str | None = None) -> sub
     )
 
 
-def test_run_json_from_the_command_line(tmp_path: Path) -> None:
-    project = make_project(tmp_path, copy=COPY)
+def test_run_json_from_the_command_line(project_with: ProjectFactory, tmp_path: Path) -> None:
+    project = project_with(copy=COPY)
     events, _ = create_shop(project.catalog)
     events.append(Shop().round()[0])
     env = {k: v for k, v in os.environ.items() if k not in ("CALVE_HOME", "CALVE_PROJECT")}
@@ -345,9 +346,8 @@ def test_run_json_from_the_command_line(tmp_path: Path) -> None:
     assert bad_param.returncode == 1 and "did you mean 'label'?" in bad_param.stderr
 
 
-def test_relative_dates_projection_and_table_properties(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_relative_dates_projection_and_table_properties(project_with: ProjectFactory, tmp_path: Path) -> None:
+    project = project_with(
         window="""
             id: window
             params:
@@ -389,9 +389,8 @@ def test_relative_dates_projection_and_table_properties(tmp_path: Path) -> None:
     assert again is not None and again.run.params["before"] == dt.date(2026, 3, 1)
 
 
-def test_match_must_name_a_keys_input(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_match_must_name_a_keys_input(project_with: ProjectFactory, tmp_path: Path) -> None:
+    project = project_with(
         bad="""
             id: bad
             steps:
@@ -409,9 +408,10 @@ def test_match_must_name_a_keys_input(tmp_path: Path) -> None:
         project.workflows()
 
 
-def test_filter_join_deletes_the_aggregates_of_keys_that_lost_all_their_rows(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_filter_join_deletes_the_aggregates_of_keys_that_lost_all_their_rows(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         totals="""
             id: totals
             steps:
@@ -444,9 +444,10 @@ def test_filter_join_deletes_the_aggregates_of_keys_that_lost_all_their_rows(tmp
     assert 3 not in totals.column("account_id").to_pylist()
 
 
-def test_compact_step_folds_small_files_without_a_change_for_consumers(tmp_path: Path) -> None:
-    project = make_project(
-        tmp_path,
+def test_compact_step_folds_small_files_without_a_change_for_consumers(
+    project_with: ProjectFactory, tmp_path: Path
+) -> None:
+    project = project_with(
         tidy="""
             id: tidy
             steps:
