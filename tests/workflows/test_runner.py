@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from calve.errors import RunLockedError, WorkflowError
+from calve.errors import CalveError, RunLockedError, WorkflowError
 from calve.project import Project
 from calve.state import RunStatus
 from calve.workflows.runner import Runner
@@ -300,6 +300,11 @@ def test_killed_run_then_rerun_is_exactly_once(
     killed = _worker(project, "clean_events", crash_at=crash_at)
     assert killed.returncode == -9, killed.stderr
     (stuck,) = [r for r in project.state.runs("clean_events") if r.status is RunStatus.RUNNING]
+    if crash_at == "runner.after_compute":  # restartable at once: its dead process is seen on restart
+        restarted = Runner.for_project(project).run(project.workflow("clean_events"), restart_of=stuck.run_id)
+        assert restarted is not None and restarted.status is RunStatus.SUCCEEDED, restarted
+        with pytest.raises(CalveError, match="was restarted already by run"):
+            Runner.for_project(project).run(project.workflow("clean_events"), restart_of=stuck.run_id)
     rerun = _worker(project, "clean_events")
     assert rerun.returncode == 0, rerun.stderr
     assert project.state.run(stuck.run_id).status is RunStatus.FAILED  # type: ignore[union-attr]
