@@ -167,6 +167,8 @@ class Floor:
 
     def run(self, new_files: list[str], t: Timer) -> pa.Table:
         con = duckdb.connect()
+        # else DuckDB may build the semi-join's hash table on the files' side (RIGHT_SEMI): ~3x slower
+        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
         with t("keys"):
             keys = con.sql(
                 "SELECT DISTINCT event_day, account_id FROM read_parquet($f)", params={"f": new_files}
