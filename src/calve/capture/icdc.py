@@ -242,7 +242,7 @@ def _icdc_metadata(
         snapshot_id=snapshot_id,
         parent_snapshot_id=None,
         sequence_number=sequence_number,
-        avro_compression=_avro_codec(src),
+        avro_compression=avro_codec(src),
     ) as writer:
         writer.add_manifests(manifests)
     collector = SnapshotSummaryCollector()
@@ -297,7 +297,7 @@ def _icdc_metadata(
     )
 
 
-def _avro_codec(metadata: TableMetadata) -> AvroCompressionCodec:
+def avro_codec(metadata: TableMetadata) -> AvroCompressionCodec:
     codec = metadata.properties.get(
         TableProperties.WRITE_AVRO_COMPRESSION, TableProperties.WRITE_AVRO_COMPRESSION_DEFAULT
     )
@@ -332,7 +332,7 @@ def _write_manifests(
             schema=src.schema(),
             output_file=source.io.new_output(path),
             snapshot_id=snapshot_id,
-            avro_compression=_avro_codec(src),
+            avro_compression=avro_codec(src),
         ) as writer:
             for f in spec_files:
                 writer.add(added_entry(snapshot_id, f.data_file))

@@ -44,7 +44,7 @@ from pyiceberg.table.snapshots import (
 )
 from pyiceberg.table.update import AddSnapshotUpdate, AssertRefSnapshotId, SetSnapshotRefUpdate
 
-from calve.capture.icdc import _avro_codec, added_entry
+from calve.capture.icdc import added_entry, avro_codec
 from calve.errors import CalveError
 from calve.read import duckdb_scan
 
@@ -168,7 +168,7 @@ def stage_merge_on_read(
     snapshot_id = metadata.new_snapshot_id()
     sequence_number = metadata.next_sequence_number()
     location = metadata.location
-    codec = _avro_codec(metadata)
+    codec = avro_codec(metadata)
     collector = SnapshotSummaryCollector()
     manifests: list[ManifestFile] = []
     schema = metadata.schema()
