@@ -33,11 +33,14 @@ def test_generator_is_deterministic_and_late_data_lands_later() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("mean_lag_days", "late_fraction"), [(1.5, 0.05), (3.0, 0.15), (6.0, 0.3)])
 def test_calve_equals_recomputation_and_lookback_misses_exactly_the_late_events(
-    catalog: SqlCatalog, home: Path
+    catalog: SqlCatalog, home: Path, mean_lag_days: float, late_fraction: float
 ) -> None:
     x = 3
-    config = PlaybackConfig(days=12, events_per_day=600, late_fraction=0.15, mean_lag_days=3.0, seed=11)
+    config = PlaybackConfig(
+        days=12, events_per_day=600, late_fraction=late_fraction, mean_lag_days=mean_lag_days, seed=11
+    )
     report = run_playback(catalog, StateStore(home / "state.db"), config, lookback_days=x)
     events = catalog.load_table("playback.events").scan().to_arrow()
     assert report["events_ingested"] == events.num_rows
