@@ -107,6 +107,7 @@ def test_state_columns_and_estimate() -> None:
         ("groups", "_rows"),
         ("groups", "_a0_count"),  # shared by sum and avg of the same column
         ("groups", "_a0_sum"),
+        ("groups", "_d0"),  # the distinct days, kept per group
         ("values", "k"),
         ("values", "_set"),
         ("values", "_value_key"),

@@ -105,6 +105,15 @@ class StoredTable:
         kept = [r for k, r in self.rows.items() if only is None or k[: group_keys or len(k)] in only]
         return pa.Table.from_pylist(kept, schema=self.schema)
 
+    def rows_of_keys(self, keys: pa.Table) -> pa.Table | None:
+        """The rows whose values in `keys`' columns are a row of `keys` (as read_rows_of_keys; NULLs
+        match here, as the runner's null-safe reads must)."""
+        if self.schema is None:
+            return None
+        wanted = {tuple(r.values()) for r in keys.to_pylist()}
+        kept = [r for r in self.rows.values() if tuple(r[c] for c in keys.column_names) in wanted]
+        return pa.Table.from_pylist(kept, schema=self.schema)
+
 
 def _sorted(table: pa.Table) -> list[tuple[Any, ...]]:
     return sorted((tuple(r.values()) for r in table.to_pylist()), key=repr)
@@ -146,8 +155,23 @@ def test_maintained_output_equals_a_recomputation(sql: str, history: list[dict[s
         stored_groups = groups.table(changed)
         stored = None
         if stored_groups is not None:
-            stored = State(stored_groups, values.table(changed, len(plan.group_keys)))
+            # only the value rows the delta touches, and whole sets where a min or max goes away
+            needed = plan.needed_values(delta, stored_groups)
+            stored_values = None
+            if needed.touched is not None:
+                touched = values.rows_of_keys(needed.touched)
+                narrowed = plan.needed_values(delta, stored_groups, touched)
+                assert narrowed.full_sets is not None and needed.full_sets is not None
+                assert set(_sorted(narrowed.full_sets)) <= set(_sorted(needed.full_sets))
+                whole = values.rows_of_keys(narrowed.full_sets)
+                parts = [t for t in (touched, whole) if t is not None]
+                stored_values = pa.concat_tables(parts) if parts else None
+            stored = State(stored_groups, stored_values)
         update = plan.apply(stored, delta)
+        if stored_groups is not None:  # the repair path: every value row of the changed groups, recounted
+            whole_groups = State(stored_groups, values.table(changed, len(plan.group_keys)))
+            repaired = plan.apply(whole_groups, delta, whole_groups=True)
+            assert _sorted(repaired.groups_merge()) == _sorted(update.groups_merge()), sql
         groups.merge(update.groups_merge())
         values_merge = update.values_merge()
         if values_merge is not None:

@@ -4,7 +4,8 @@
     print(plan.explain())
     state = plan.initial(all_rows)          # first run, or a rebuild
     delta = plan.delta(inserted, deleted)   # each run: only the changed rows
-    update = plan.apply(state_of_changed_groups, delta)
+    needed = plan.needed_values(delta, stored_groups)  # value rows to read: touched keys, whole sets
+    update = plan.apply(State(stored_groups, needed_value_rows), delta)
     rows = plan.output_merge(update)        # merge on plan.group_keys, DELETE_COLUMN deletes
 
 Pure functions over Arrow tables (DuckDB inside); reading and writing the Iceberg tables is the
@@ -16,6 +17,7 @@ from calve.aggregates._plan import AggregatePlan, StateColumn, StateEstimate, an
 from calve.aggregates._state import (
     DELETE_COLUMN,
     VALUE_KEYS,
+    NeededValues,
     State,
     StateDelta,
     StateMismatchError,
@@ -27,6 +29,7 @@ __all__ = [
     "SUPPORTED",
     "VALUE_KEYS",
     "AggregatePlan",
+    "NeededValues",
     "NotIncrementalError",
     "State",
     "StateColumn",

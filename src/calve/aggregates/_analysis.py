@@ -60,7 +60,10 @@ _VOLATILE_NAMES = frozenset(
     }
 )
 # names of the state's own columns (and of the output's delete column): a group key cannot take them
-_RESERVED = re.compile(r"_rows|_set|_value_key|_count|_agg\d+|_a\d+_\w+|_v\d+|_calve_deleted|__calve.*", re.I)
+_RESERVED = re.compile(
+    r"_rows|_set|_value_key|_count|_agg\d+|_a\d+_\w+|_v\d+|_d\d+|_min\d+|_max\d+|_calve_deleted|__calve.*",
+    re.I,
+)
 
 
 class NotIncrementalError(CalveError):

@@ -12,7 +12,6 @@ changed groups' state, in DuckDB.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -22,6 +21,7 @@ from calve.aggregates._analysis import Aggregate, Analysis, analyze_sql
 from calve.aggregates._duck import query, quote
 from calve.aggregates._state import (
     VALUE_KEYS,
+    NeededValues,
     State,
     StateDelta,
     StateMismatchError,
@@ -86,8 +86,10 @@ class AggregatePlan:
     Usage, per run (the runner reads and merges the Iceberg tables; everything here is Arrow in, Arrow out):
 
         delta = plan.delta(inserted, deleted)                 # or plan.delta_from_changelog(rows)
-        keys = plan.changed_groups(delta)                     # read the state rows of these groups
-        update = plan.apply(State(groups_rows, value_rows), delta)
+        keys = plan.changed_groups(delta)                     # read the groups rows of these groups
+        needed = plan.needed_values(delta, groups_rows)       # read needed.touched by whole key
+        needed = plan.needed_values(delta, groups_rows, touched_rows)  # + needed.full_sets (rare)
+        update = plan.apply(State(groups_rows, touched_rows + full_set_rows), delta)
         merge update.groups_merge() into the groups state on plan.group_keys
         merge update.values_merge() into the values state on plan.value_keys
         merge plan.output_merge(update) into the output on plan.group_keys (delete_column DELETE_COLUMN)
@@ -105,9 +107,10 @@ class AggregatePlan:
         self._counts = ["_rows"]  # measures that are counts: never below zero
         self._sets: dict[tuple[str, str], int] = {}  # (argument, condition) -> value set id
         self._set_sql: list[tuple[str, str]] = []  # per value set: (argument, condition)
-        # per aggregate: SQL over g (groups) and v (value summaries), and the sum measure in it if any
+        # per aggregate: SQL over g (the groups state), and the sum measure in it if any
         self._finals: list[tuple[str, str | None]] = []
-        self._summaries: list[str] = []  # SQL over the values table, per set aggregate
+        # groups columns kept from the values sets: _d<set> (distinct values), _min<set>, _max<set>
+        self._derived: dict[str, tuple[int, str]] = {}  # column -> (value set, count_distinct|min|max)
         for index, aggregate in enumerate(analysis.aggregates):
             self._add(index, aggregate)
 
@@ -159,9 +162,9 @@ class AggregatePlan:
             value_set = self._sets.setdefault((argument, condition), len(self._sets))
             if value_set == len(self._set_sql):
                 self._set_sql.append((argument, condition))
-            summary = "count(*)" if kind == "count_distinct" else f"{kind}(_v{value_set})"
-            self._summaries.append(f"{summary} FILTER (WHERE _set = {value_set}) AS _agg{index}")
-            final = f"coalesce(v._agg{index}, 0)" if kind == "count_distinct" else f"v._agg{index}"
+            column = f"_d{value_set}" if kind == "count_distinct" else f"_{kind}{value_set}"
+            self._derived.setdefault(column, (value_set, kind))
+            final = f"g.{quote(column)}"
         self._finals.append((final, None))
 
     def _keys_sql(self, prefix: str = "") -> str:
@@ -200,58 +203,197 @@ class AggregatePlan:
         return self.delta(rows.filter(pc.equal(kind, "insert")), rows.filter(pc.equal(kind, "delete")))
 
     def changed_groups(self, delta: StateDelta) -> pa.Table:
-        """The group keys a delta touches: the state rows `apply` needs (groups, and all their values)."""
+        """The group keys a delta touches: the groups state rows `apply` needs."""
         return query(
             f"SELECT DISTINCT {self._keys_sql()} FROM __calve_delta", {"__calve_delta": delta.groups}
         )
 
-    def apply(self, current: State | None, delta: StateDelta) -> StateUpdate:
-        """The changed groups' new state. `current` must hold every stored row of the changed groups
-        (their groups rows, and all of their values rows): finalize recomputes min, max and
-        count(DISTINCT) from them. None (or empty tables) for groups not stored yet.
+    def needed_values(
+        self, delta: StateDelta, stored_groups: pa.Table | None, touched_rows: pa.Table | None = None
+    ) -> NeededValues:
+        """Which stored value rows `apply` needs: those whose key (group keys, `_set`, `_value_key`) the
+        delta touches, and the whole value sets of the groups whose min or max goes away.
+
+        `stored_groups` are the stored groups rows of `changed_groups(delta)`. A set is needed whole when
+        the delta retracts a value equal to the group's stored min or max: without `touched_rows` (the
+        stored rows of `touched`) every such retraction counts; with them, only those that leave the
+        value at count 0 (the extreme is really gone and the next one must be found). Read `touched`
+        first, then ask again with its rows.
         """
-        groups = self._sum_into(current.groups if current else None, delta.groups, self._measures.values())
-        self._check_counts(groups, self._counts)
-        alive = groups.filter(pc.greater(groups["_rows"], 0))
-        gone = groups.filter(pc.equal(groups["_rows"], 0)).select(list(self.group_keys))
         if delta.values is None:
-            return StateUpdate(self.group_keys, State(alive, None), gone, None, None)
-        value_columns = [f"_v{value_set}" for value_set in range(len(self._set_sql))]
-        values = self._sum_into(
-            current.values if current else None, delta.values, ["_count"], any_value=value_columns
+            return NeededValues(None, None)
+        touched = delta.values.select(list(self.value_keys))
+        if touched_rows is None or not self._extreme_sets:
+            retracted = delta.values.filter(pc.less(delta.values["_count"], 0))
+        else:
+            summed = self._sum_values(touched_rows, delta.values)
+            retracted = summed.filter(pc.equal(summed["_count"], 0))
+        return NeededValues(touched, self._full_sets(retracted, stored_groups))
+
+    def _full_sets(self, retracted: pa.Table, stored_groups: pa.Table | None) -> pa.Table:
+        """(group keys, `_set`) of the value sets whose stored min or max is among `retracted` values."""
+        columns = [*self.group_keys, "_set"]
+        if not self._extreme_sets or stored_groups is None or not stored_groups.num_rows:
+            return retracted.select(columns).slice(0, 0)
+        matches = []
+        for value_set in self._extreme_sets:
+            extremes = [
+                f"r._v{value_set} = g.{quote(c)}"
+                for c, (s, kind) in self._derived.items()
+                if s == value_set and kind in ("min", "max")
+            ]
+            matches.append(f"(r._set = {value_set} AND ({' OR '.join(extremes)}))")
+        found = query(
+            f"SELECT DISTINCT {self._keys_sql('r.')}, r._set FROM __calve_retracted AS r "
+            f"JOIN __calve_groups AS g ON {self._same_keys('r', 'g')} WHERE {' OR '.join(matches)}",
+            {"__calve_retracted": retracted, "__calve_groups": stored_groups},
         )
-        self._check_counts(values, ["_count"])
-        kept = values.filter(pc.greater(values["_count"], 0))
-        changed = kept.filter(kept["__calve_changed"]).drop_columns(["__calve_changed"])
-        gone_values = values.filter(pc.equal(values["_count"], 0)).select(list(self.value_keys))
-        return StateUpdate(
-            self.group_keys, State(alive, kept.drop_columns(["__calve_changed"])), gone, changed, gone_values
+        return found.cast(retracted.select(columns).schema)
+
+    @property
+    def _extreme_sets(self) -> list[int]:
+        return sorted({s for s, kind in self._derived.values() if kind in ("min", "max")})
+
+    def _same_keys(self, left: str, right: str) -> str:
+        return (
+            " AND ".join(
+                f"{left}.{quote(k)} IS NOT DISTINCT FROM {right}.{quote(k)}" for k in self.group_keys
+            )
+            or "true"
         )
 
-    def _sum_into(
-        self,
-        current: pa.Table | None,
-        delta: pa.Table,
-        sums: Iterable[str],
-        any_value: list[str] | None = None,
-    ) -> pa.Table:
-        """current + delta, summed per key (the group keys; the value keys when `any_value` is given),
-        in the delta's types; with `any_value`, also `__calve_changed`: whether the delta has the key."""
-        extra = [f"any_value({quote(c)}) AS {quote(c)}" for c in any_value or []]
-        summed = [f"sum({quote(c)}) AS {quote(c)}" for c in sums]
-        flag = ", bool_or(__calve_changed) AS __calve_changed" if any_value is not None else ""
+    def apply(self, current: State | None, delta: StateDelta, whole_groups: bool = False) -> StateUpdate:
+        """The changed groups' new state.
+
+        `current` holds the stored groups rows of `changed_groups(delta)` and the stored value rows
+        that `needed_values` lists (the touched ones, and the whole sets of groups whose min or max
+        goes away); None (or empty tables) for nothing stored yet. Distinct counts follow the
+        touched values' counts (0 -> above: one more; above -> 0: one less), min and max the touched
+        values unless the extreme itself went away. With `whole_groups`, `current.values` holds every
+        value row of the changed groups and the distinct counts, mins and maxes are recounted from
+        them (the runner's repair after a crash between its commits).
+        """
+        stored = current.groups if current is not None and current.groups.num_rows else None
+        stored_values = current.values if current is not None else None
+        values = None
+        if delta.values is not None:
+            values = self._sum_values(stored_values, delta.values)
+            self._check_counts(values, ["_count"])
+        groups = self._sum_groups(stored, delta, values, whole_groups)
+        self._check_counts(
+            groups, [*self._counts, *(c for c, (_, k) in self._derived.items() if k == "count_distinct")]
+        )
+        alive = groups.filter(pc.greater(groups["_rows"], 0))
+        gone = groups.filter(pc.equal(groups["_rows"], 0)).select(list(self.group_keys))
+        if values is None:
+            return StateUpdate(self.group_keys, State(alive, None), gone, None, None)
+        kept = values.filter(pc.greater(values["_count"], 0))
+        changed = kept.filter(kept["__calve_changed"]).drop_columns(["__calve_changed", "__calve_old"])
+        gone_values = values.filter(pc.equal(values["_count"], 0)).select(list(self.value_keys))
+        return StateUpdate(
+            self.group_keys,
+            State(alive, kept.drop_columns(["__calve_changed", "__calve_old"])),
+            gone,
+            changed,
+            gone_values,
+        )
+
+    def _sum_values(self, current: pa.Table | None, delta: pa.Table) -> pa.Table:
+        """Stored value rows + the delta's, per value key, in the delta's types, with `__calve_old` (the
+        stored count, 0 if none) and `__calve_changed` (the delta has the key). A row read twice (a
+        touched value that is also in a whole set) counts once."""
+        value_columns = [f"_v{value_set}" for value_set in range(len(self._set_sql))]
+        extra = [f"any_value({quote(c)}) AS {quote(c)}" for c in value_columns]
         source = "SELECT *, true AS __calve_changed FROM __calve_delta"
         tables = {"__calve_delta": delta}
-        if current is not None:
-            source = f"SELECT *, false AS __calve_changed FROM __calve_current UNION ALL BY NAME {source}"
+        if current is not None and current.num_rows:
+            source = (
+                "SELECT *, false AS __calve_changed FROM (SELECT DISTINCT * FROM __calve_current) "
+                f"UNION ALL BY NAME {source}"
+            )
             tables["__calve_current"] = current
-        keys = self.value_keys if any_value is not None else self.group_keys
         result = query(
-            f"SELECT {', '.join(map(quote, keys))}, {', '.join(extra + summed)}{flag} "
-            f"FROM ({source}) GROUP BY ALL",
+            f"SELECT {', '.join(map(quote, self.value_keys))}, {', '.join(extra)}, sum(_count) AS _count, "
+            "coalesce(sum(_count) FILTER (WHERE NOT __calve_changed), 0) AS __calve_old, "
+            f"bool_or(__calve_changed) AS __calve_changed FROM ({source}) GROUP BY ALL",
             tables,
         )
-        schema = pa.schema([*delta.schema, *([pa.field("__calve_changed", pa.bool_())] if flag else [])])
+        schema = pa.schema(
+            [*delta.schema, pa.field("__calve_old", pa.int64()), pa.field("__calve_changed", pa.bool_())]
+        )
+        return result.select(schema.names).cast(schema)
+
+    def _sum_groups(
+        self, stored: pa.Table | None, delta: StateDelta, values: pa.Table | None, whole_groups: bool
+    ) -> pa.Table:
+        """Stored groups rows + the delta's measures, per group, with the distinct counts, mins and
+        maxes updated from the summed `values` (see `apply`)."""
+        keys = self._keys_sql()
+        measures = list(self._measures.values())
+        derived = list(self._derived.items())
+        tables = {"__calve_delta": delta.groups}
+        branches = [f"SELECT {keys}, {', '.join(map(quote, measures))} FROM __calve_delta"]
+        if stored is not None:
+            tables["__calve_current"] = stored
+            join = ""
+            columns = [f"g.{quote(m)}" for m in measures]
+            full = None
+            if not whole_groups and values is not None and self._extreme_sets:
+                full = self._full_sets(values.filter(pc.equal(values["_count"], 0)), stored)
+            if full is not None and full.num_rows:
+                tables["__calve_full"] = full
+                flags = ", ".join(f"bool_or(_set = {s}) AS __calve_full{s}" for s in self._extreme_sets)
+                join = (
+                    f"LEFT JOIN (SELECT {keys}, {flags} FROM __calve_full GROUP BY ALL) AS f "
+                    f"ON {self._same_keys('g', 'f')}"
+                )
+            for column, (value_set, kind) in derived:
+                if whole_groups:
+                    columns.append(f"NULL AS {quote(column)}")
+                elif kind != "count_distinct" and join:
+                    columns.append(
+                        f"CASE WHEN f.__calve_full{value_set} THEN NULL ELSE g.{quote(column)} END "
+                        f"AS {quote(column)}"
+                    )
+                else:
+                    columns.append(f"g.{quote(column)}")
+            branches.append(
+                f"SELECT {self._keys_sql('g.')}, {', '.join(columns)} FROM __calve_current AS g {join}"
+            )
+        if values is not None and derived:
+            tables["__calve_values"] = values
+            columns = []
+            for column, (value_set, kind) in derived:
+                if kind != "count_distinct":
+                    summary = f"{kind}(_v{value_set}) FILTER (WHERE _set = {value_set} AND _count > 0)"
+                elif whole_groups:
+                    summary = f"count(*) FILTER (WHERE _set = {value_set} AND _count > 0)"
+                else:  # a value appearing adds one, a value gone removes one
+                    summary = (
+                        "sum(CASE WHEN __calve_old = 0 AND _count > 0 THEN 1 WHEN __calve_old > 0 AND "
+                        f"_count = 0 THEN -1 ELSE 0 END) FILTER (WHERE _set = {value_set})"
+                    )
+                columns.append(f"{summary} AS {quote(column)}")
+            branches.append(f"SELECT {keys}, {', '.join(columns)} FROM __calve_values GROUP BY ALL")
+        summed = [f"sum({quote(m)}) AS {quote(m)}" for m in measures]
+        summed += [
+            f"coalesce(sum({quote(c)}), 0) AS {quote(c)}"
+            if kind == "count_distinct"
+            else f"{kind}({quote(c)}) AS {quote(c)}"
+            for c, (_, kind) in derived
+        ]
+        result = query(
+            f"SELECT {keys}, {', '.join(summed)} FROM ({' UNION ALL BY NAME '.join(branches)}) GROUP BY ALL",
+            tables,
+        )
+        fields = list(delta.groups.schema)
+        for column, (value_set, kind) in derived:
+            if kind == "count_distinct":
+                fields.append(pa.field(column, pa.int64()))
+            else:
+                assert delta.values is not None
+                fields.append(pa.field(column, delta.values.schema.field(f"_v{value_set}").type))
+        schema = pa.schema(fields)
         return result.select(schema.names).cast(schema)
 
     def _check_counts(self, table: pa.Table, counts: list[str]) -> None:
@@ -264,7 +406,8 @@ class AggregatePlan:
                 )
 
     def finalize(self, state: State) -> pa.Table:
-        """The output rows of the groups in `state` (those with rows, and passing HAVING)."""
+        """The output rows of the groups in `state` (those with rows, and passing HAVING). Only the
+        groups rows are read: they hold every aggregate's value (`state.values` may be None)."""
         tables = {"__calve_groups": state.groups}
         finals = []
         for index, (final, total) in enumerate(self._finals):
@@ -272,16 +415,8 @@ class AggregatePlan:
                 integer = pa.types.is_integer(state.groups.schema.field(total[3:-1]).type)
                 final = final.replace(_TOTAL, f"CAST({total} AS HUGEINT)" if integer else total)
             finals.append(f"{final} AS _agg{index}")
-        join = ""
-        if self._summaries and state.values is not None:
-            tables["__calve_values"] = state.values
-            on = " AND ".join(f"g.{quote(k)} IS NOT DISTINCT FROM v.{quote(k)}" for k in self.group_keys)
-            join = (
-                f"LEFT JOIN (SELECT {self._keys_sql()}, {', '.join(self._summaries)} FROM __calve_values "
-                f"GROUP BY ALL) AS v ON {on}"
-            )
         columns = ", ".join([self._keys_sql("g."), *finals])
-        aggregates = f"SELECT {columns} FROM __calve_groups AS g {join}"
+        aggregates = f"SELECT {columns} FROM __calve_groups AS g"
         outputs = ", ".join(
             f"{expression.sql('duckdb')} AS {quote(name)}" for name, expression in self.analysis.outputs
         )
@@ -322,6 +457,13 @@ class AggregatePlan:
         """The state tables' columns and what each holds (types come from the first delta)."""
         columns = [StateColumn("groups", k, "group key") for k in self.group_keys]
         columns += [StateColumn("groups", name, self._meanings[name]) for name in self._measures.values()]
+        for name, (value_set, kind) in self._derived.items():
+            argument, condition = self._set_sql[value_set]
+            what = {"count_distinct": "how many distinct values", "min": "the smallest", "max": "the largest"}
+            meaning = f"{what[kind]} of _v{value_set} ({argument}" + (
+                f" FILTER {condition}" if condition else ""
+            )
+            columns.append(StateColumn("groups", name, meaning + ") left in the values table"))
         if self._set_sql:
             columns += [StateColumn("values", k, "group key") for k in self.group_keys]
             columns += [
@@ -350,9 +492,12 @@ class AggregatePlan:
             "avg": "a sum and a count of non-null values, divided when read",
             "bool_and": "counts of true and of false values, + and -",
             "bool_or": "counts of true and of false values, + and -",
-            "min": "the multiset of values in the values table, smallest of those left",
-            "max": "the multiset of values in the values table, largest of those left",
-            "count_distinct": "the multiset of values in the values table, how many are left",
+            "min": "the smallest value, kept per group; the multiset of values in the values table is read "
+            "whole only when that value is gone",
+            "max": "the largest value, kept per group; the multiset of values in the values table is read "
+            "whole only when that value is gone",
+            "count_distinct": "how many distinct values, kept per group: + when a value's count in the "
+            "values table leaves 0, - when it returns to 0",
         }
         for index, aggregate in enumerate(self.analysis.aggregates):
             lines.append(f"  _agg{index} = {aggregate.text}: {how[aggregate.kind]}")

@@ -48,6 +48,19 @@ class StateDelta(State):
 
 
 @dataclass(frozen=True)
+class NeededValues:
+    """The stored value rows `AggregatePlan.apply` needs (`AggregatePlan.needed_values`).
+
+    `touched`: keys (group keys, `_set`, `_value_key`) of the values the delta changes: read those
+    rows by their whole key. `full_sets`: (group keys, `_set`) of the sets whose min or max goes
+    away: read every value row of those (usually none). Both None when the SQL keeps no values.
+    """
+
+    touched: pa.Table | None
+    full_sets: pa.Table | None
+
+
+@dataclass(frozen=True)
 class StateUpdate:
     """The changed groups' state after a delta, and what to write back.
 

@@ -3,14 +3,19 @@
 Three tables, each committed with its own consumer's checkpoint (so each advances exactly once):
 
     <output>__state_values   (consumer <workflow>-<step>-values)  min, max, count(DISTINCT) multisets
-    <output>__state_groups   (consumer <workflow>-<step>-groups)  counts and sums per group
+    <output>__state_groups   (consumer <workflow>-<step>-groups)  counts, sums, distinct counts, mins
+                                                                  and maxes per group
     <output>                 (consumer <workflow>-<step>)         the step's rows, finalized
 
 A run reads the input's changelog since each table's checkpoint, applies it to the stored state of
-the changed groups (calve.aggregates), and commits the values, the groups, then the output. Normally
+the changed groups (calve.aggregates: their groups rows, and only the value rows the changes touch,
+plus the whole value set of a group whose min or max went away), and commits the values, the groups,
+then the output. Normally
 the three checkpoints are equal and one changelog serves all. After a crash between two commits a
-later table lags: its own range is applied to it, and the output rows of every group changed since
-the output's checkpoint are finalized from the stored state, so nothing is applied twice or missed.
+later table lags: its own range is applied to it (groups lagging values recount their distinct
+counts, mins and maxes from every value row of their changed groups), and the output rows of every
+group changed since the output's checkpoint are finalized from the stored groups rows, so nothing is
+applied twice or missed.
 """
 
 from __future__ import annotations
@@ -89,14 +94,17 @@ def maintain(
         rows_read += log.inserted.num_rows + log.deleted.num_rows
         delta = plan.delta(log.inserted, log.deleted)
         if values_changes is not None and _start(values_changes) != _start(groups_changes):  # a crash
+            # the values committed, the groups not: each gets its own range of changes
             other = changelog(values_changes)
             delta = StateDelta(delta.groups, plan.delta(other.inserted, other.deleted).values)
         changed = plan.changed_groups(delta)
-        current = State(
-            _rows(groups_table, changed, delta.groups),
-            _rows(values_table, changed, delta.values) if has_values else None,
-        )
-        update = plan.apply(current, delta)
+        stored_groups = _rows(groups_table, changed, delta.groups)
+        repair = values_changes is not None and _start(values_changes) != _start(groups_changes)
+        if repair:  # the groups lag the values: recount their distinct values, mins and maxes whole
+            current = State(stored_groups, _rows(values_table, changed, delta.values))
+        else:
+            current = State(stored_groups, _needed_values(plan, values_table, delta, stored_groups))
+        update = plan.apply(current, delta, whole_groups=repair)
         if values_changes is not None:
             merge = update.values_merge()
             assert merge is not None
@@ -132,12 +140,8 @@ def maintain(
     log = changelog(output_changes)
     delta = plan.delta(log.inserted, log.deleted)
     changed = plan.changed_groups(delta)
-    groups_table, values_table = _load(catalog, groups_name), _load(catalog, values_name)
-    stored = State(
-        _rows(groups_table, changed, delta.groups),
-        _rows(values_table, changed, delta.values) if has_values else None,
-    )
-    final = plan.finalize(stored)
+    groups_table = _load(catalog, groups_name)
+    final = plan.finalize(State(_rows(groups_table, changed, delta.groups), None))  # groups rows suffice
     keys = list(plan.group_keys)
     gone = changed.join(final.select(keys).cast(changed.schema), keys=keys, join_type="left anti")
     return AggregateResult(final, gone, rows_read + log.inserted.num_rows + log.deleted.num_rows)
@@ -150,6 +154,26 @@ def _rows(table: Table | None, keys: pa.Table, like: pa.Table | None) -> pa.Tabl
     if table is None:
         return like.slice(0, 0)
     return read_rows_of_keys(table, keys)
+
+
+def _needed_values(
+    plan: AggregatePlan, table: Table | None, delta: StateDelta, stored_groups: pa.Table | None
+) -> pa.Table | None:
+    """The stored value rows `apply` needs: those the delta touches (read by their whole key), and
+    the whole sets of the few groups whose min or max goes away (read by group keys and `_set`)."""
+    needed = plan.needed_values(delta, stored_groups)
+    if needed.touched is None or delta.values is None:
+        return None
+    if table is None:
+        return delta.values.slice(0, 0)
+    touched = read_rows_of_keys(table, needed.touched) if needed.touched.num_rows else None
+    if needed.full_sets is None or not needed.full_sets.num_rows:
+        return touched
+    needed = plan.needed_values(delta, stored_groups, touched)  # only extremes that reach count 0
+    if needed.full_sets is None or not needed.full_sets.num_rows:
+        return touched
+    whole = read_rows_of_keys(table, needed.full_sets)
+    return whole if touched is None else pa.concat_tables([touched, whole.cast(touched.schema)])
 
 
 def _start(changes: ChangeSet) -> int | None:
