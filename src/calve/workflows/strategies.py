@@ -134,8 +134,9 @@ def choose(step: StepSpec, input_columns: list[str] | None = None) -> Choice:
         return Choice(step.id, requested, Strategy.AGGREGATE, reason, options, explained)
     if filter_join.applies:
         reason = (
-            "distinct counts, min or max keep one state row per distinct value and group, about as large "
-            "as the rows when values rarely repeat; re-aggregating the changed keys reads no more"
+            "distinct counts, min or max keep a values table (a row per distinct value and group): each "
+            "run merges every touched value into it, a merge and commit more that cost more than "
+            "re-aggregating the changed keys (benchmarks/rollup.py: about 1.8-2x)"
             if aggregate.applies
             else "the SQL cannot be maintained as a state (" + aggregate.reason + ")"
         )
