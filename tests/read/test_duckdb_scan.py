@@ -181,3 +181,23 @@ def test_random_keys_give_the_rows_and_files_of_the_arrow_path(
         assert single is not None
         reference = arrow_matched(table, keys.select(["account"]), EqualTo("day", 1))
         assert ordered(single.rows).to_pylist() == ordered(reference).to_pylist()
+
+
+def test_a_matched_scan_gives_the_same_rows_in_arrow_and_inside_the_engine(catalog: SqlCatalog) -> None:
+    from calve.engines.duckdb import DuckDBEngine
+    from calve.read.duckdb_scan import scan_matched
+
+    table = create(catalog)
+    with table.update_schema() as update:  # read by field id, in the engine's connection too
+        update.rename_column("name", "label")
+    keys = keys_of([(1, 0), (2, 1), (39, 2), (999, 0)])
+    scan = scan_matched(table, plan_files(table), keys, table.schema())
+    assert scan is not None and scan.rows_scanned == 3 * 40
+    expected = arrow_matched(table, keys)
+    assert ordered(scan.to_arrow()).equals(ordered(expected))
+    engine = DuckDBEngine()
+    sql = "SELECT account, day, label FROM matched ORDER BY account, day"
+    inside = engine.run(sql, {"matched": scan}, {})
+    assert inside is not None and inside.to_pylist() == ordered(expected).to_pylist()
+    again = engine.run(sql, {"matched": scan}, {})  # the temp table went with the run's connection
+    assert again is not None and again.num_rows == 3

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 
 class Engine(Protocol):
+    """Runs a step's SQL. An engine whose `accepts_scans` attribute is true may also receive, as a
+    relation, a `calve.read.duckdb_scan.MatchedScan` (rows of Parquet files not read yet, with the
+    query that reads them); every other engine receives Arrow tables only."""
+
     name: str
 
     def run(self, sql: str, relations: dict[str, pa.Table], params: dict[str, Any]) -> pa.Table | None:

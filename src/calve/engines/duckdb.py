@@ -58,6 +58,7 @@ class DuckDBEngine:
     """DuckDB in process: inputs are Arrow tables that DuckDB scans without copying."""
 
     name = "duckdb"
+    accepts_scans = True  # a relation may be a calve.read.duckdb_scan.MatchedScan: run in place
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
@@ -92,7 +93,10 @@ class DuckDBEngine:
         con, scratch = self._connect()
         try:
             for name, table in relations.items():
-                con.register(name, table)
+                if isinstance(table, pa.Table):
+                    con.register(name, table)
+                else:  # matched rows not read yet: read them here, with no Arrow in between
+                    table.create_table(con, name)
             result: pa.Table | None = None
             for statement in statements:
                 bound = {k: params[k] for k in statement.params if k in params}

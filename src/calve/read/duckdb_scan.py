@@ -154,6 +154,70 @@ class MatchedRows:
     rows_scanned: int  # rows in the files DuckDB scanned (their record counts)
 
 
+@dataclass(frozen=True)
+class MatchedScan:
+    """The rows of planned files whose key tuple is in `keys`, not read yet: a query to run where
+    the rows are needed. The DuckDB engine runs it inside the step's own connection (no Arrow
+    hand-off); anything else calls `to_arrow()`. Build it with `scan_matched`."""
+
+    read: ScanSchema
+    keys: pa.Table  # cast to the columns' types
+    columns: tuple[str, ...]  # the projection, in order
+    result_schema: pa.Schema  # the Arrow schema of the rows, as ArrowScan would give them
+    rows_scanned: int  # rows in the files the query scans (their record counts)
+
+    def select(self, keys_relation: str) -> str:
+        """The query, over the keys registered as `keys_relation` (paths bound as `$paths`)."""
+        columns = ", ".join(f"d.{_identifier(c)}" for c in self.columns)
+        keys = _identifier(keys_relation)
+        on = " AND ".join(f"d.{_identifier(n)} = {keys}.{_identifier(n)}" for n in self.keys.column_names)
+        return (
+            f"SELECT {columns} FROM {self.read.source()} AS d SEMI JOIN {_identifier(keys_relation)} ON {on}"
+        )
+
+    def create_table(self, con: Any, name: str) -> None:
+        """Materialize the rows as the temporary table `name` in DuckDB connection `con`.
+
+        The semi-join keeps the keys as its hash join's build side (a global option of the
+        database, switched back right after: the step's own SQL runs with DuckDB's defaults)."""
+        keys = f"__calve_keys_{name}"
+        con.register(keys, self.keys)
+        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
+        try:
+            con.execute(
+                f"CREATE TEMP TABLE {_identifier(name)} AS {self.select(keys)}",
+                {"paths": self.read.paths},
+            )
+        finally:
+            con.execute("RESET disabled_optimizers")
+            con.unregister(keys)
+
+    def to_arrow(self) -> pa.Table:
+        """The rows as an Arrow table (read in calve's own read database)."""
+        if not self.read.paths or self.keys.num_rows == 0:
+            return self.result_schema.empty_table()
+        with _cursor() as con:
+            con.register("__calve_keys", self.keys)
+            rows = con.sql(self.select("__calve_keys"), params={"paths": self.read.paths}).to_arrow_table()
+        return rows.cast(self.result_schema)
+
+
+def scan_matched(
+    table: Table, tasks: Sequence[FileScanTask], keys: pa.Table, schema: Schema
+) -> MatchedScan | None:
+    """`read_matched` without a row filter, as a `MatchedScan` to run later; None when DuckDB may
+    not read these files."""
+    names = keys.column_names
+    if any(n not in {f.name for f in schema.fields} for n in names):
+        return None
+    read = scan_schema(table, tasks, schema)
+    if read is None:
+        return None
+    columns = tuple(f.name for f in schema.fields)
+    rows_scanned = sum(task.file.record_count for task in tasks)
+    return MatchedScan(read, _cast_keys(schema, keys), columns, _result_schema(schema), rows_scanned)
+
+
 def read_matched(
     table: Table,
     tasks: Sequence[FileScanTask],

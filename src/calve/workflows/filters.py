@@ -73,6 +73,8 @@ def _resolve(value: Any, params: Mapping[str, Any], tables: Mapping[str, pa.Tabl
             raise CalveError(
                 f"filter value ${value.alias}.{value.column}: input {value.alias!r} has no such column"
             )
+        if not isinstance(table, pa.Table):  # matched rows not read yet
+            table = table.to_arrow()
         return pc.unique(table.column(value.column)).drop_null().to_pylist()
     if isinstance(value, list):
         return [_resolve(v, params, tables) for v in value]

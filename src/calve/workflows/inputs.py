@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
-from pyiceberg.expressions import BooleanExpression
+from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
 
@@ -24,7 +24,7 @@ from calve.capture.changes import ChangeSet
 from calve.capture.icdc import IcdcTable
 from calve.capture.ranges import ColumnRange, change_ranges
 from calve.errors import CalveError
-from calve.read.duckdb_scan import read_matched
+from calve.read.duckdb_scan import MatchedScan, read_matched, scan_matched
 from calve.read.planning import plan_files, read_files
 from calve.state import InputRead, StepMetrics
 from calve.workflows.filters import expression, uses_other_inputs
@@ -32,6 +32,15 @@ from calve.workflows.injection import input_values, range_union_values
 from calve.workflows.model import InputSpec, ReadKind, StepSpec
 from calve.workflows.values import widen
 from calve.write.merge import plan_key_files, read_key_files
+
+# an input's rows: Arrow, or matched rows not read yet (a DuckDB engine reads them in place)
+Relation: TypeAlias = pa.Table | MatchedScan
+
+
+def as_arrow(rows: Relation) -> pa.Table:
+    """An input's rows as an Arrow table (a `MatchedScan` is read now)."""
+    return rows if isinstance(rows, pa.Table) else rows.to_arrow()
+
 
 # publishes a change set as the step's ICDC table (the consumer's, so it replaces the last one)
 PublishIcdc = Callable[[Table, ChangeSet], IcdcTable]
@@ -41,7 +50,7 @@ PublishIcdc = Callable[[Table, ChangeSet], IcdcTable]
 class StepInputs:
     """Everything a step reads, built once per step (or foreach iteration) and never changed."""
 
-    tables: Mapping[str, pa.Table]  # input alias -> rows (what the SQL sees under that name)
+    tables: Mapping[str, Relation]  # input alias -> rows (what the SQL sees under that name)
     changes: Mapping[str, ChangeSet]  # incremental input alias -> its change set
     ranges: Mapping[str, Mapping[str, ColumnRange]]  # input alias -> column -> change range
     icdc: Mapping[str, IcdcTable]  # input alias -> the ICDC table published for it
@@ -83,12 +92,15 @@ def read_inputs(
     publish_icdc: PublishIcdc,
     *,
     publish_only: bool = False,
+    lazy: bool = False,
 ) -> StepInputs:
     """Read `step`'s inputs: `changes` (by table) for incremental ones, `pins` for pinned tables.
 
     With `publish_only`, ICDC tables are published but their rows are not read (an `icdc:` step).
+    With `lazy`, a `match:` input that DuckDB can read exactly is left as a `MatchedScan` for the
+    engine to run in the step's own connection (an engine with `accepts_scans`); else all is Arrow.
     """
-    rows: dict[str, pa.Table] = {}
+    rows: dict[str, Relation] = {}
     by_alias: dict[str, ChangeSet] = {}
     ranges: dict[str, dict[str, ColumnRange]] = {}
     icdc: dict[str, IcdcTable] = {}
@@ -107,7 +119,7 @@ def read_inputs(
         if not spec.read.incremental:
             params.update(range_union_values(union))  # $range_<col>_*: united over the inputs so far
             params.update(input_values(spec.alias, until))
-            table, files, size, decoded = _read_pinned(spec, source, until, params, rows)
+            table, files, size, decoded = _read_pinned(spec, source, until, params, rows, lazy=lazy)
             rows[spec.alias] = table
             rows_read += decoded
             files_read += files
@@ -190,11 +202,12 @@ def _read_pinned(
     source: Table,
     until: int | None,
     params: Mapping[str, Any],
-    rows: Mapping[str, pa.Table],
-) -> tuple[pa.Table, int, int, int]:
+    rows: Mapping[str, Relation],
+    lazy: bool = False,
+) -> tuple[Relation, int, int, int]:
     """A table at its pinned snapshot, filtered (and matched on another input's keys): rows, files,
-    bytes, rows decoded."""
-    keys = rows[spec.match] if spec.match is not None else None
+    bytes, rows decoded. With `lazy`, matched rows DuckDB can read exactly stay a `MatchedScan`."""
+    keys = as_arrow(rows[spec.match]) if spec.match is not None else None
     if until is None:
         return source.schema().as_arrow().empty_table(), 0, 0, 0
     condition = expression(spec.filter, params, rows)
@@ -207,6 +220,10 @@ def _read_pinned(
     tasks = plan_key_files(source, keys, until, condition)
     if keys.num_rows:
         _check_match_columns(keys, projection.column_names)
+    if lazy and isinstance(condition, AlwaysTrue) and tasks and keys.num_rows:
+        scan = scan_matched(source, tasks, keys, projection)
+        if scan is not None:
+            return scan, len(tasks), _size(tasks), scan.rows_scanned
     table, decoded = _read_matched(source, tasks, keys, condition, projection)
     return table, len(tasks), _size(tasks), decoded
 
@@ -292,4 +309,4 @@ def read_rows_of_keys(table: Table, keys: pa.Table) -> pa.Table:
     snapshot = table.current_snapshot()
     spec = InputSpec("rows", ".".join(table.name()), ReadKind.TABLE, match="keys")
     rows, *_ = _read_pinned(spec, table, snapshot.snapshot_id if snapshot else None, {}, {"keys": keys})
-    return rows
+    return as_arrow(rows)

@@ -16,7 +16,7 @@ from calve.capture.changes import ChangeSet
 from calve.capture.ranges import ColumnRange
 from calve.engines import Engine
 from calve.errors import CalveError
-from calve.workflows.inputs import StepInputs
+from calve.workflows.inputs import StepInputs, as_arrow
 
 
 @dataclass
@@ -68,7 +68,7 @@ def call_python(
         trigger=str(params["trigger"]),
         logical_date=params["logical_date"],
         params=dict(params),
-        inputs=dict(inputs.tables),
+        inputs={alias: as_arrow(rows) for alias, rows in inputs.tables.items()},
         ranges={alias: dict(r) for alias, r in inputs.ranges.items()},
         icdc_tables={alias: t.identifier for alias, t in inputs.icdc.items()},
         changes=dict(inputs.changes),

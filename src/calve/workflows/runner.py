@@ -57,7 +57,7 @@ from calve.state import (
     StepRunRecord,
 )
 from calve.workflows.injection import run_values
-from calve.workflows.inputs import StepInputs, read_inputs
+from calve.workflows.inputs import StepInputs, as_arrow, read_inputs
 from calve.workflows.model import StepKind, StepSpec, Strategy, Workflow
 from calve.workflows.outputs import write_output
 from calve.workflows.python_steps import StepContext, call_python
@@ -526,7 +526,7 @@ class Runner:
         deletes, mode = None, None
         if choice.strategy is Strategy.FILTER_JOIN:  # changed keys with no row left: their groups go
             keys = list(step.output.keys)
-            changed = inputs.tables[FILTER_JOIN_KEYS].select(keys)
+            changed = as_arrow(inputs.tables[FILTER_JOIN_KEYS]).select(keys)
             deletes = changed.join(output.select(keys).cast(changed.schema), keys=keys, join_type="left anti")
         else:
             mode = WriteMode.OVERWRITE
@@ -620,8 +620,9 @@ class Runner:
             logical_date=dt.date.fromisoformat(record.logical_date),
             foreach=foreach,
         )
+        lazy = step.kind is StepKind.SQL and bool(getattr(self.engine, "accepts_scans", False))
         return read_inputs(
-            step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only
+            step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
         )
 
     def _compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
