@@ -123,3 +123,17 @@ def test_merge_on_read_gives_the_same_table_as_copy_on_write_and_writes_only_del
     first = mor.metadata.snapshots[0].snapshot_id
     log = compute_changelog(mor, capture_changes(mor, first))
     assert log.deleted.num_rows > 0 and log.inserted.num_rows > 0
+
+
+def test_merge_on_read_with_string_keys_over_files_with_deletes(catalog: SqlCatalog) -> None:
+    """A file that already has position deletes is planned with ArrowScan, whose strings are not
+    Iceberg's large strings: the keys are cast to the reader's types before the join."""
+    schema = pa.schema([pa.field("k", pa.string()), pa.field("v", pa.int64())])
+    target = load_or_create(catalog, "db.strings", schema, (), {"write.merge.mode": "merge-on-read"})
+    consumer = Consumer(catalog, "strings")
+    expected: dict[str, int] = {}
+    for i in range(4):
+        batch = pa.table({"k": ["a", f"b{i}"], "v": [i, i]}, schema=schema)
+        consumer.commit(target, [], batch, mode="merge", keys=["k"])
+        expected.update({"a": i, f"b{i}": i})
+        assert dict(sorted((r["k"], r["v"]) for r in target.scan().to_arrow().to_pylist())) == expected

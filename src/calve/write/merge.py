@@ -304,9 +304,8 @@ def _arrow_copy_on_write(
         key_columns = key_reader.to_table([task])
         plan.rows_read += key_columns.num_rows
         numbered = key_columns.append_column("__calve_row", _row_numbers(key_columns.num_rows))
-        survivors = numbered.join(
-            keys_within(table, task, keys), keys=names, join_type="left anti", use_threads=True
-        )
+        within = keys_within(table, task, keys).cast(key_columns.schema)  # the reader's string types
+        survivors = numbered.join(within, keys=names, join_type="left anti", use_threads=True)
         if survivors.num_rows == key_columns.num_rows:
             continue
         rows = reader.to_table([task])  # a key matched: the file is rewritten without those rows
@@ -320,7 +319,8 @@ def _arrow_copy_on_write(
 def _arrow_kept_rows(table: Table, task: FileScanTask, keys: pa.Table) -> pa.Table:
     rows = ArrowScan(table.metadata, table.io, table.schema(), ALWAYS_TRUE).to_table([task])
     numbered = rows.select(keys.column_names).append_column("__calve_row", _row_numbers(rows.num_rows))
-    survivors = numbered.join(keys_within(table, task, keys), keys=keys.column_names, join_type="left anti")
+    within = keys_within(table, task, keys).cast(rows.select(keys.column_names).schema)
+    survivors = numbered.join(within, keys=keys.column_names, join_type="left anti")
     return rows.take(np.sort(survivors.column("__calve_row").to_numpy()))
 
 
