@@ -208,9 +208,12 @@ def _commit(
     flag = pc.fill_null(merge[DELETE_COLUMN], False)
     deletes = merge.filter(flag).select(list(keys))
     rows = merge.filter(pc.invert(flag)).drop_columns([DELETE_COLUMN])
-    if table is None:
+    if table is None:  # the values state (one row per value and group) is partitioned as the output;
+        # the groups state (one row per group) is small: one file, rewritten whole, costs least
         columns = set(rows.column_names)
         partition_by = tuple(p for p in step.output.partition_by if parse_partition_field(p)[0] in columns)
+        if name.endswith(GROUPS_SUFFIX):
+            partition_by = ()
         table = load_or_create(catalog, name, rows.schema, partition_by, {})
     consumer.commit(table, [changes], rows, mode=WriteMode.MERGE, keys=keys, deletes=deletes)
     return table
