@@ -42,10 +42,14 @@ WORKFLOW = """
 def _project(tmp_path: Path, strategy: str, sql: str = PER_ACCOUNT, keys: str = "account_id") -> Project:
     root = tmp_path / "project"
     init_project(root, example=False)
+    _write_workflow(root, strategy, sql, keys)
+    return Project(root)
+
+
+def _write_workflow(root: Path, strategy: str, sql: str, keys: str = "account_id") -> None:
     body = textwrap.indent(textwrap.dedent(sql).strip(), " " * 10)
     text = WORKFLOW.format(strategy=strategy, sql=body, keys=keys)
     (root / "workflows" / "totals.yaml").write_text(textwrap.dedent(text))
-    return Project(root)
 
 
 @pytest.mark.parametrize("strategy", ["filter_join", "recompute", "auto", "aggregate"])
@@ -118,4 +122,28 @@ def test_an_aggregate_killed_between_its_commits_reruns_exactly_once(tmp_path: P
     assert rerun.returncode == 0, rerun.stderr
     got = project.catalog.load_table("shop.per_account").scan().to_arrow()
     expected = recompute(PER_ACCOUNT, events=events.scan().to_arrow())
+    assert rows(got, ["account_id"]) == rows(expected.cast(got.schema), ["account_id"])
+
+
+def test_a_changed_sql_rebuilds_the_state_and_replaces_the_output(tmp_path: Path) -> None:
+    project = _project(tmp_path, "aggregate")
+    runner = Runner.for_project(project)
+    events, _ = create_shop(project.catalog)
+    shop = Shop(events_per_day=60, accounts=12)
+    for _ in range(3):
+        events.append(shop.round()[0])
+        assert runner.run(project.workflow("totals")).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    changed = PER_ACCOUNT.replace("count(*) AS orders", "count(*) FILTER (WHERE amount > 2500) AS orders")
+    _write_workflow(project.root, "aggregate", changed)  # the business logic changed
+    project = Project(project.root)
+    events.append(shop.round()[0])
+    result = Runner.for_project(project).run(project.workflow("totals"))
+    assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+    got = project.catalog.load_table("shop.per_account").scan().to_arrow()
+    expected = recompute(changed, events=events.scan().to_arrow())
+    assert rows(got, ["account_id"]) == rows(expected.cast(got.schema), ["account_id"])
+    events.append(shop.round()[0])  # and it goes on incrementally from the rebuilt state
+    assert Runner.for_project(project).run(project.workflow("totals")).status is RunStatus.SUCCEEDED  # type: ignore[union-attr]
+    got = project.catalog.load_table("shop.per_account").scan().to_arrow()
+    expected = recompute(changed, events=events.scan().to_arrow())
     assert rows(got, ["account_id"]) == rows(expected.cast(got.schema), ["account_id"])

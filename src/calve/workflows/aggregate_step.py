@@ -20,6 +20,8 @@ applied twice or missed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,17 +30,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.table import Table
 
 from calve.aggregates import DELETE_COLUMN, AggregatePlan, State, StateDelta
 from calve.capture.changelog import compute_changelog
 from calve.capture.changes import ChangeSet, capture_changes
+from calve.read.planning import plan_files, read_files
 from calve.workflows.inputs import read_rows_of_keys
 from calve.workflows.model import StepSpec
 from calve.write.consumer import CheckpointMirror, Consumer
 from calve.write.modes import WriteMode
 from calve.write.tables import load_or_create, parse_partition_field
 
+ALWAYS_TRUE = AlwaysTrue()
+PLAN_PROPERTY = "calve.aggregate.plan"  # on the groups state: a hash of the SQL it was built by
 GROUPS_SUFFIX = "__state_groups"
 VALUES_SUFFIX = "__state_values"
 
@@ -48,8 +54,9 @@ class AggregateResult:
     """The output rows to merge (deletes split off) and what the state commits did."""
 
     rows: pa.Table  # the output rows of the changed groups that still have rows
-    deletes: pa.Table  # the group keys of the changed groups left with no row
+    deletes: pa.Table | None  # the group keys of the changed groups left with no row
     changelog_rows: int  # inserted and deleted rows read to update the state
+    rebuilt: bool = False  # the state was built from the whole input: `rows` replace the output
 
 
 def state_tables(output: str) -> tuple[str, str]:
@@ -76,6 +83,12 @@ def maintain(
     groups_consumer = Consumer(catalog, f"{consumer.name}-groups", mirror)
     values_consumer = Consumer(catalog, f"{consumer.name}-values", mirror)
     has_values = any(c.table == "values" for c in plan.state_columns)
+    plan_id = hashlib.sha256(plan.sql.encode()).hexdigest()[:16]
+    if groups_table is not None and groups_table.properties.get(PLAN_PROPERTY) != plan_id:
+        progress("    the step's SQL changed since its state was built: rebuilding the state")
+        groups_table = None
+    if groups_table is None:  # the first run, a changed SQL, or dropped state tables
+        return _rebuild(catalog, step, plan, plan_id, groups_consumer, values_consumer, source, until)
 
     groups_changes = _pending(groups_consumer, source, groups_table, until)
     values_changes = _pending(values_consumer, source, values_table, until) if has_values else None
@@ -147,6 +160,47 @@ def maintain(
     return AggregateResult(final, gone, rows_read + log.inserted.num_rows + log.deleted.num_rows)
 
 
+def _rebuild(
+    catalog: Catalog,
+    step: StepSpec,
+    plan: AggregatePlan,
+    plan_id: str,
+    groups_consumer: Consumer,
+    values_consumer: Consumer,
+    source: Table,
+    until: int | None,
+) -> AggregateResult:
+    """The state built from the whole input at `until`, in new state tables whose checkpoints are
+    `until`; the output rows of every group, to replace the output."""
+    assert step.output is not None
+    full = source.schema().as_arrow().empty_table()
+    if until is not None:
+        tasks = plan_files(source, ALWAYS_TRUE, until)
+        full = read_files(source, tasks, ALWAYS_TRUE, source.scan(snapshot_id=until).projection())
+    state = plan.initial(full)
+    at_pin = capture_changes(source, until, until)  # no change, ending at the pin: the checkpoint
+    groups_name, values_name = state_tables(step.output.table)
+    for name, rows, consumer in (
+        (values_name, state.values, values_consumer),
+        (groups_name, state.groups, groups_consumer),  # last: its plan property marks the state done
+    ):
+        with contextlib.suppress(NoSuchTableError):
+            catalog.drop_table(name)  # never purge: a drop leaves files to maintenance, not to a crash
+        if rows is None:
+            continue
+        partition_by = () if name == groups_name else _partitioning(step, rows)
+        properties = {PLAN_PROPERTY: plan_id} if name == groups_name else {}
+        table = load_or_create(catalog, name, rows.schema, partition_by, properties)
+        consumer.commit(table, [at_pin], rows, mode=WriteMode.APPEND)
+    return AggregateResult(plan.finalize(state), None, full.num_rows, rebuilt=True)
+
+
+def _partitioning(step: StepSpec, rows: pa.Table) -> tuple[str, ...]:
+    assert step.output is not None
+    columns = set(rows.column_names)
+    return tuple(p for p in step.output.partition_by if parse_partition_field(p)[0] in columns)
+
+
 def _rows(table: Table | None, keys: pa.Table, like: pa.Table | None) -> pa.Table | None:
     """The stored state rows of the groups in `keys` (none yet: an empty table shaped `like`)."""
     if like is None:
@@ -210,10 +264,7 @@ def _commit(
     rows = merge.filter(pc.invert(flag)).drop_columns([DELETE_COLUMN])
     if table is None:  # the values state (one row per value and group) is partitioned as the output;
         # the groups state (one row per group) is small: one file, rewritten whole, costs least
-        columns = set(rows.column_names)
-        partition_by = tuple(p for p in step.output.partition_by if parse_partition_field(p)[0] in columns)
-        if name.endswith(GROUPS_SUFFIX):
-            partition_by = ()
+        partition_by = () if name.endswith(GROUPS_SUFFIX) else _partitioning(step, rows)
         table = load_or_create(catalog, name, rows.schema, partition_by, {})
     consumer.commit(table, [changes], rows, mode=WriteMode.MERGE, keys=keys, deletes=deletes)
     return table

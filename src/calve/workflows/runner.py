@@ -586,6 +586,7 @@ class Runner:
             {},
             {},
             deletes=result.deletes,
+            mode=WriteMode.OVERWRITE if result.rebuilt else None,  # a rebuilt state: every group
         )
         run.pin(step.output.table, target)
         return RunStatus.SUCCEEDED, _combine(replace(reads, rows_read=result.changelog_rows), written)
