@@ -225,7 +225,6 @@ class Consumer:
             # checked again inside the catalog's compare-and-swap, on every retry of the commit
             requirement = AssertCheckpointUnchanged(key=self.property_key, expected=expected)
             tx._stage((), (requirement,))  # type: ignore[arg-type]
-            tx.set_properties({self.property_key: value})
             if nothing_to_write:
                 pass  # the checkpoint alone advances: no empty snapshot for downstream readers to see
             elif mode == "append":
@@ -235,6 +234,8 @@ class Consumer:
             else:
                 assert plan is not None and plan.rows is not None
                 _commit_merge(tx, target, plan, summary)
+            # staged after the snapshot, whose producer then reads the metadata without a copy
+            tx.set_properties({self.property_key: value})
             _faults.crash_point("consumer.during_commit")
         _faults.crash_point("consumer.after_commit")
 
