@@ -86,11 +86,12 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
       calve demo                          the playback pipeline, lookback vs calve, side by side
       calve init my_project               a project: calve.yaml, workflows/, embedded warehouse
       calve validate                      check every workflow file before anything runs
+      calve explain daily_views           how each step runs, and which strategy it takes, and why
       calve run daily_views               run a workflow once, now
       calve runs                          what ran, with status, timings and rows
       calve scheduler                     run workflows when their triggers fire
       calve changes db.events --since 42 --ranges event_time --json
-      calve compact db.events             fold small files, invisible to consumers
+      calve maintain db.events            compaction and snapshot expiry, invisible to consumers
     """
     ctx.obj = Context(catalog_name, project_dir)
 
