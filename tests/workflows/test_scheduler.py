@@ -249,3 +249,68 @@ def test_the_scheduler_maintains_outputs_by_the_policy_and_capture_ignores_it(tm
     counts = project.catalog.load_table("shop.change_counts")
     assert counts.current_snapshot().summary.operation.value == "replace"  # type: ignore[union-attr]
     assert sum(counts.scan().to_arrow().column("n").to_pylist()) == events.scan().to_arrow().num_rows
+
+
+FLAKY = """
+    id: flaky
+    triggers:
+      - incremental: {sources: [shop.events]}
+    steps:
+      - id: copy
+        inputs:
+          events: {table: shop.events, read: icdc}
+        python: flaky_step:copy
+        output: {table: shop.flaky_copy, mode: append}
+"""
+
+FLAKY_STEP = """
+from pathlib import Path
+
+
+def copy(ctx):
+    if Path(__file__).with_name("FAIL").exists():
+        raise OSError("the disk went away")  # an I/O error: transient
+    return ctx.inputs["events"].select(["event_id", "amount"])
+"""
+
+
+def test_a_transient_failure_is_retried_by_the_scheduler_with_its_attempt_recorded(tmp_path: Path) -> None:
+    project, clock = setup(tmp_path, FLAKY)
+    (project.root / "flaky_step.py").write_text(FLAKY_STEP)
+    (project.root / "FAIL").touch()
+    events, _ = create_shop(project.catalog)
+    events.append(Shop().round()[0])
+    runner = Runner.for_project(project)
+    (failed,) = Scheduler(project, runner, clock=clock, retry_backoff_s=3600).tick()
+    assert failed.result is not None and failed.result.status is RunStatus.FAILED
+    assert failed.result.run.transient and "OSError: the disk went away" in (failed.result.run.error or "")
+    clock.advance(minutes=1)
+    (held,) = Scheduler(project, runner, clock=clock, retry_backoff_s=3600).tick()  # backing off
+    assert held.result is None and held.note.startswith("waiting to retry run")
+    (project.root / "FAIL").unlink()
+    (retried,) = Scheduler(project, runner, clock=clock, retry_backoff_s=0).tick()
+    assert retried.result is not None and retried.result.status is RunStatus.SUCCEEDED
+    run = retried.result.run
+    assert (run.trigger, run.attempt, run.restart_of) == (
+        f"retry 1 of {failed.result.run.run_id}",
+        2,
+        failed.result.run.run_id,
+    )
+    copied = project.catalog.load_table("shop.flaky_copy").scan().to_arrow()
+    assert copied.num_rows == events.scan().to_arrow().num_rows  # the micro-batch, once
+
+
+def test_after_a_terminal_failure_the_triggers_wait_for_a_fix(tmp_path: Path) -> None:
+    broken = ON_CHANGE.replace("count(*) AS n", "count(*) AS n, no_such_column")
+    project, clock = setup(tmp_path, broken)
+    events, _ = create_shop(project.catalog)
+    events.append(Shop().round()[0])
+    (failed,) = scheduler(project, clock).tick()
+    assert failed.result is not None and not failed.result.run.transient
+    clock.advance(minutes=10)
+    (held,) = scheduler(project, clock).tick()  # not run again every tick with the same SQL
+    assert held.result is None and held.note.startswith("waiting for a fix")
+    (project.root / "workflows" / "w.yaml").write_text(textwrap.dedent(ON_CHANGE))  # the fix
+    clock.advance(minutes=10)
+    (fixed,) = scheduler(project, clock).tick()
+    assert fixed.result is not None and fixed.result.status is RunStatus.SUCCEEDED

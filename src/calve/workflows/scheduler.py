@@ -6,8 +6,10 @@ One tick, per workflow (in the order of their ids):
    `calve run`) is marked failed and restarted from its first unfinished step, with the same pins
    and params, so that its micro-batch is neither skipped nor done twice. Manual runs included.
 2. Retry: a run that failed with a transient error (a commit conflict, an I/O error) is restarted
-   after a backoff (`retry_backoff_s`, doubling), at most `retry_attempts` times in all; each retry
-   is a run of its own (`trigger: retry N of RUN_ID`, `attempt: N+1`). Terminal errors wait for a fix.
+   after a backoff (`retry_backoff_s`, doubling), at most `retry_attempts` runs in all; each retry
+   is a run of its own (`trigger: retry N of RUN_ID`, `attempt: N+1`). Until then, and after a
+   terminal failure (SQL, validation, data) until the workflow's files change, its triggers wait:
+   a failing workflow is not run again every tick.
 3. Time triggers: the latest slot at or before now; if it is newer than the last slot fired, a run
    is created for it (the slot is stored with the run, atomically). If the workflow reads changes and
    none is pending, the run is recorded as skipped.
@@ -97,6 +99,7 @@ class Scheduler:
         self.retry_backoff_s = retry_backoff_s
         self._tables: dict[str, Table] = {}  # loaded once per tick
         self._maintainer: Maintainer | None = None
+        self._held_notes: dict[str, str] = {}  # workflow -> why its triggers wait (logged once)
 
     def tick(self) -> list[Firing]:
         """Evaluate every trigger once and run what is due; returns what fired."""
@@ -109,6 +112,13 @@ class Scheduler:
                 retry = self._retry(workflow)
                 if retry is not None:
                     firings.append(retry)
+                held = self._held(workflow)
+                if held is not None:  # its last run failed: a retry or a fix comes first
+                    if self._held_notes.get(workflow.id) != held:
+                        firings.append(Firing(workflow.id, "-", None, None, held))
+                    self._held_notes[workflow.id] = held
+                    continue
+                self._held_notes.pop(workflow.id, None)
                 for trigger in workflow.triggers:
                     firing = self._evaluate(workflow, trigger)
                     if firing is not None:
@@ -215,6 +225,22 @@ class Scheduler:
         note = f"retry {last.attempt} of {self.retry_attempts - 1} after a transient failure"
         return self._restart(workflow, last, f"retry {last.attempt} of {last.run_id}", note)
 
+    def _held(self, workflow: Workflow) -> str | None:
+        """Why the workflow's triggers wait, or None: its last run failed and is not retried yet
+        (transient, with retries left), or failed terminally and its files did not change since."""
+        runs = self.project.state.runs(workflow.id, limit=1)
+        if not runs or runs[0].status is not RunStatus.FAILED:
+            return None
+        last = runs[0]
+        if last.transient and last.attempt < self.retry_attempts:
+            return f"waiting to retry run {last.run_id} (attempt {last.attempt} failed: transient)"
+        if last.workflow_version == workflow.version:
+            return (
+                f"waiting for a fix: run {last.run_id} failed ({_first_line(last.error)}); its triggers "
+                "fire again once the workflow's files change, or after a manual `calve run`"
+            )
+        return None
+
     def _restart(self, workflow: Workflow, run: RunRecord, trigger: str, note: str) -> Firing:
         result = self._run(workflow, trigger=trigger, restart_of=run.run_id, attempt=run.attempt + 1)
         return Firing(workflow.id, run.trigger, run.trigger_slot, result, note)
@@ -319,6 +345,10 @@ def _maintenance_note(result: dict[str, Any]) -> str:
     if result.get("error"):
         parts.append(f"error: {result['error']}")
     return "maintenance: " + ("; ".join(parts) or "nothing to do")
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").splitlines()[0][:200] if text else "no error recorded"
 
 
 def _host() -> str:
