@@ -6,9 +6,12 @@ import datetime as dt
 import textwrap
 from pathlib import Path
 
+import pyarrow as pa
+
 from calve.project import Project, init_project
 from calve.state import RunStatus
 from calve.workflows.runner import Runner
+from tests.conftest import ProjectFactory
 from tests.shop import Shop, create_shop, recompute, rows
 
 MONTHLY = """
@@ -55,3 +58,32 @@ def test_a_day_range_widened_to_whole_months_overwrites_exactly_the_touched_mont
     )
     got = out.select(["month", "orders", "amount"])
     assert rows(got, ["month"]) == rows(expected, ["month"])
+
+
+def test_icdc_rows_after_a_column_was_renamed_are_read_by_field_id(project_with: ProjectFactory) -> None:
+    project = project_with(
+        copy="""
+            id: copy
+            steps:
+              - id: copy
+                inputs:
+                  events: {table: shop.events, read: icdc}
+                sql: SELECT event_id, amount, product FROM events
+                output: {table: shop.copied, mode: append}
+        """
+    )
+    events, _ = create_shop(project.catalog)
+    shop = Shop(events_per_day=20)
+    first = shop.round()[0]
+    events.append(first)
+    with events.update_schema() as update:
+        update.rename_column("item", "product")
+    second = shop.round()[0].rename_columns(["product" if n == "item" else n for n in first.column_names])
+    events.append(second)
+    result = Runner.for_project(project).run(project.workflow("copy"))
+    assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+    copied = project.catalog.load_table("shop.copied").scan().to_arrow()
+    expected = pa.concat_tables([first, second.rename_columns(first.column_names)])
+    assert sorted(zip(copied["event_id"].to_pylist(), copied["product"].to_pylist(), strict=True)) == sorted(
+        zip(expected["event_id"].to_pylist(), expected["item"].to_pylist(), strict=True)
+    )

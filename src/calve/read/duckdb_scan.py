@@ -202,6 +202,22 @@ class MatchedScan:
         return rows.cast(self.result_schema)
 
 
+def read_all(table: Table, tasks: Sequence[FileScanTask], schema: Schema) -> pa.Table | None:
+    """Every row of `tasks` projected onto `schema`, read by DuckDB (about twice as fast as
+    ArrowScan on appended files); None when DuckDB may not read these files."""
+    read = scan_schema(table, tasks, schema)
+    if read is None:
+        return None
+    if not tasks:
+        return _result_schema(schema).empty_table()
+    columns = ", ".join(_identifier(f.name) for f in schema.fields)
+    with _cursor() as con:
+        rows = con.sql(
+            f"SELECT {columns} FROM {read.source()}", params={"paths": read.paths}
+        ).to_arrow_table()
+    return rows.cast(_result_schema(schema))
+
+
 def scan_matched(
     table: Table, tasks: Sequence[FileScanTask], keys: pa.Table, schema: Schema
 ) -> MatchedScan | None:

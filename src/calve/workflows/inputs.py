@@ -24,7 +24,7 @@ from calve.capture.changes import ChangeSet
 from calve.capture.icdc import IcdcTable
 from calve.capture.ranges import ColumnRange, change_ranges
 from calve.errors import CalveError
-from calve.read.duckdb_scan import MatchedScan, read_matched, scan_matched
+from calve.read.duckdb_scan import MatchedScan, read_all, read_matched, scan_matched
 from calve.read.planning import plan_files, read_files
 from calve.state import InputRead, StepMetrics
 from calve.workflows.filters import expression, uses_other_inputs
@@ -267,8 +267,7 @@ def _read_changes(
         empty = (schema.select(*spec.columns) if spec.columns else schema).as_arrow().empty_table()
         if publish_only or not published.files or published.table is None:
             return empty, 0, 0
-        rows = published.table.scan(selected_fields=spec.columns or ("*",)).to_arrow()
-        return rows, published.files, published.bytes
+        return _read_icdc(spec, published.table, change_set), published.files, published.bytes
     if spec.read is ReadKind.KEYS and change_set.is_append_only:
         # new keys are in the appended files: read just the key columns
         files = change_set.appended_files
@@ -290,6 +289,17 @@ def _check_match_columns(keys: pa.Table, columns: list[str]) -> None:
     missing = [n for n in keys.column_names if n not in columns]
     if missing:
         raise CalveError(f"match: the input has no column {missing[0]!r} (select it in `columns`)")
+
+
+def _read_icdc(spec: InputSpec, icdc: Table, change_set: ChangeSet) -> pa.Table:
+    """The rows of a published ICDC table, its appended files (no deletes apply to them): read by
+    DuckDB where that is exact (about twice as fast as ArrowScan), else through the ICDC table."""
+    schema = icdc.schema().select(*spec.columns) if spec.columns else icdc.schema()
+    tasks = [FileScanTask(f.data_file) for f in change_set.appended_files]
+    rows = read_all(icdc, tasks, schema)
+    if rows is None:
+        rows = icdc.scan(selected_fields=spec.columns or ("*",)).to_arrow()
+    return rows
 
 
 def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
