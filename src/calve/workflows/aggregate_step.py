@@ -39,6 +39,7 @@ from calve.capture.changes import ChangeSet, capture_changes
 from calve.read.planning import plan_files, read_files
 from calve.workflows.inputs import read_rows_of_keys
 from calve.workflows.model import StepSpec
+from calve.workflows.pending import pending_changes
 from calve.write.consumer import CheckpointMirror, Consumer
 from calve.write.modes import WriteMode
 from calve.write.tables import load_or_create, parse_partition_field
@@ -90,8 +91,8 @@ def maintain(
     if groups_table is None:  # the first run, a changed SQL, or dropped state tables
         return _rebuild(catalog, step, plan, plan_id, groups_consumer, values_consumer, source, until)
 
-    groups_changes = _pending(groups_consumer, source, groups_table, until)
-    values_changes = _pending(values_consumer, source, values_table, until) if has_values else None
+    groups_changes = pending_changes(groups_consumer, source, groups_table, until)
+    values_changes = pending_changes(values_consumer, source, values_table, until) if has_values else None
     logs: dict[int | None, Any] = {}
 
     def changelog(changes: ChangeSet) -> Any:
@@ -239,12 +240,6 @@ def _load(catalog: Catalog, name: str) -> Table | None:
         return catalog.load_table(name)
     except NoSuchTableError:
         return None
-
-
-def _pending(consumer: Consumer, source: Table, target: Table | None, until: int | None) -> ChangeSet:
-    if target is None:
-        return capture_changes(source, None, until)
-    return consumer.pending(source, target, until)
 
 
 def _commit(

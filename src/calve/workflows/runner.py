@@ -30,7 +30,6 @@ import secrets
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -38,14 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.table import Table
 
 from calve import _faults
-from calve.capture.changes import ChangeSet, capture_changes
+from calve.capture.changes import ChangeSet
 from calve.catalog import load_table
 from calve.engines import Engine
-from calve.errors import CalveError, RunLockedError, SqlError, StepFailedError
+from calve.errors import CalveError, RunLockedError, StepFailedError
 from calve.project import DEFAULT_LOCK_STALE_AFTER_S
 from calve.state import (
     RESTARTABLE,
@@ -56,10 +54,12 @@ from calve.state import (
     StepMetrics,
     StepRunRecord,
 )
+from calve.workflows.failures import describe_failure, is_transient
 from calve.workflows.injection import run_values
 from calve.workflows.inputs import StepInputs, as_arrow, read_inputs
 from calve.workflows.model import StepKind, StepSpec, Strategy, Workflow
 from calve.workflows.outputs import write_output
+from calve.workflows.pending import Pending, capture_pending, load_target, pending_changes
 from calve.workflows.python_steps import StepContext, call_python
 from calve.workflows.strategies import FILTER_JOIN_KEYS, Choice, choose, filter_join_inputs
 from calve.write.compaction import compact
@@ -72,33 +72,6 @@ if TYPE_CHECKING:
 HEARTBEAT_S = 15.0
 
 __all__ = ["Pending", "RunResult", "Runner", "StepContext", "new_run_id"]
-
-
-@dataclass(frozen=True)
-class Pending:
-    """What a run of a workflow would process, captured once from the catalog.
-
-    `pins` are the sources' current snapshots, `changes` each step's change set per source (from its
-    checkpoint to the pin). A step that reads a table written by another step of the workflow has
-    its changes captured when it runs, after that step committed.
-    """
-
-    workflow: str
-    pins: Mapping[str, int | None]
-    tables: Mapping[str, Table]  # the loaded sources (and the steps' targets that exist)
-    changes: Mapping[str, Mapping[str, ChangeSet]]  # step id -> source table -> change set
-    always_runs: bool  # some step reads whole tables, or changes of a table written in the run
-
-    def source_pending(self, table: str) -> bool:
-        """Whether some step has changes of source `table` to process."""
-        return any(not by_table[table].is_empty for by_table in self.changes.values() if table in by_table)
-
-    @property
-    def anything(self) -> bool:
-        """Whether a run would do anything: a change is pending, or some step always runs."""
-        return self.always_runs or any(
-            not cs.is_empty for by_table in self.changes.values() for cs in by_table.values()
-        )
 
 
 @dataclass
@@ -196,47 +169,10 @@ class Runner:
         `tables` is a cache of loaded tables shared between calls (the scheduler keeps one per tick);
         a source whose current snapshot is a step's checkpoint costs no manifest read.
         """
-        tables = {} if tables is None else tables
-
-        def table(name: str) -> Table:
-            if name not in tables:
-                tables[name] = load_table(self.catalog, name)
-            return tables[name]
-
-        sources = sorted(workflow.source_tables)
-        if pins is None:
-            pins = {name: _snapshot_id(table(name)) for name in sources}
-        used = {name: table(name) for name in sources}
-        changes: dict[str, dict[str, ChangeSet]] = {}
-        always_runs = False
-        for step in workflow.steps:
-            incremental = step.incremental_inputs
-            if not incremental:
-                always_runs |= step.kind is not StepKind.ICDC
-                continue
-            target = self._target(step, tables)
-            if target is not None and step.output is not None:
-                used[step.output.table] = target
-            consumer = Consumer(self.catalog, workflow.consumer_name(step), self.state)
-            for spec in incremental:
-                if spec.table not in pins:
-                    always_runs = True  # written by an upstream step of this run: decided when it runs
-                    continue
-                by_table = changes.setdefault(step.id, {})
-                if spec.table not in by_table:
-                    by_table[spec.table] = _pending(consumer, used[spec.table], target, pins[spec.table])
-        return Pending(workflow.id, dict(pins), used, changes, always_runs)
+        return capture_pending(self.catalog, self.state, workflow, pins, {} if tables is None else tables)
 
     def _target(self, step: StepSpec, tables: dict[str, Table]) -> Table | None:
-        if step.output is None:
-            return None
-        name = step.output.table
-        if name not in tables:
-            try:
-                tables[name] = self.catalog.load_table(name)
-            except NoSuchTableError:
-                return None
-        return tables[name]
+        return load_target(self.catalog, step, tables)
 
     # ---- the run ----------------------------------------------------------------------------
 
@@ -432,7 +368,7 @@ class Runner:
             try:
                 status, metrics = self._step_body(workflow, step, run, consumer, foreach)
             except Exception as exc:
-                error = _describe_failure(workflow, step, exc)
+                error = describe_failure(workflow, step, exc)
                 failed = replace(
                     started,
                     status=RunStatus.FAILED,
@@ -443,7 +379,7 @@ class Runner:
                 self.state.record_step(failed)
                 result.steps.append(failed)
                 self.progress(f"  step {label} failed: {error}")
-                raise StepFailedError(error, transient=_transient(exc)) from exc
+                raise StepFailedError(error, transient=is_transient(exc)) from exc
             done = replace(
                 started,
                 status=status,
@@ -511,7 +447,7 @@ class Runner:
         choice = choose(step, run.tables[spec.table].schema().column_names)
         self.progress(f"  step {step.id}: strategy {choice.strategy.value} ({choice.reason})")
         if choice.strategy is Strategy.AGGREGATE:
-            return self._aggregate_step(workflow, step, run, consumer, foreach, choice)
+            return self._aggregate_step(step, run, consumer, choice)
         derived = filter_join_inputs(step) if choice.strategy is Strategy.FILTER_JOIN else step
         inputs = self._inputs(workflow, derived, run, consumer, foreach)
         changes = inputs.changes or {spec.alias: run.last_changes[(step.id, spec.table)]}
@@ -546,34 +482,26 @@ class Runner:
         return RunStatus.SUCCEEDED, _combine(reads, written)
 
     def _aggregate_step(
-        self,
-        workflow: Workflow,
-        step: StepSpec,
-        run: _Run,
-        consumer: Consumer,
-        foreach: dict[str, Any],
-        choice: Choice,
+        self, step: StepSpec, run: _Run, consumer: Consumer, choice: Choice
     ) -> tuple[RunStatus, StepMetrics]:
         """The aggregate strategy: the state brought up to the pin, the changed groups' rows merged."""
-        from calve.aggregates import analyze
         from calve.workflows.aggregate_step import maintain
 
-        assert step.output is not None and step.sql is not None
+        assert step.output is not None and choice.plan is not None
         spec = step.inputs[0]
         source, until = run.tables[spec.table], run.pins[spec.table]
         target = self._target(step, run.tables)
         changes = run.take_changes(step.id, spec.table)
         if changes is None:
-            changes = _pending(consumer, source, target, until)
+            changes = pending_changes(consumer, source, target, until)
         reads = StepMetrics(
             inputs={spec.alias: _read_of(spec.table, changes)}, strategy=choice.strategy.value
         )
         if changes.is_empty:
             run.pin(step.output.table, target)
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
-        plan = analyze(step.sql, spec.alias)
         result = maintain(
-            self.catalog, self.state, step, plan, consumer, source, until, changes, self.progress
+            self.catalog, self.state, step, choice.plan, consumer, source, until, changes, self.progress
         )
         _faults.crash_point("runner.after_compute")
         target, written = write_output(
@@ -608,7 +536,7 @@ class Runner:
             if spec.table not in changes:
                 captured = run.take_changes(step.id, spec.table)
                 if captured is None:
-                    captured = _pending(consumer, run.tables[spec.table], target, run.pins[spec.table])
+                    captured = pending_changes(consumer, run.tables[spec.table], target, run.pins[spec.table])
                 changes[spec.table] = captured
                 run.last_changes[(step.id, spec.table)] = captured
         record = run.record
@@ -654,13 +582,6 @@ class Runner:
         return RunStatus.SUCCEEDED, metrics
 
 
-def _pending(consumer: Consumer, source: Table, target: Table | None, until: int | None) -> ChangeSet:
-    """A consumer's pending changes of `source` up to `until` (all of them before its first commit)."""
-    if target is None:
-        return capture_changes(source, None, until)
-    return consumer.pending(source, target, until)
-
-
 def _read_of(table: str, changes: ChangeSet) -> InputRead:
     return InputRead(
         table,
@@ -668,11 +589,6 @@ def _read_of(table: str, changes: ChangeSet) -> InputRead:
         to_snapshot_id=changes.to_snapshot_id_inclusive,
         snapshots=len(changes.logical_snapshots),
     )
-
-
-def _snapshot_id(table: Table) -> int | None:
-    snapshot = table.current_snapshot()
-    return snapshot.snapshot_id if snapshot else None
 
 
 def _combine(reads: StepMetrics, written: StepMetrics) -> StepMetrics:
@@ -685,32 +601,6 @@ def _combine(reads: StepMetrics, written: StepMetrics) -> StepMetrics:
         icdc_tables=reads.icdc_tables,
         strategy=reads.strategy,
     )
-
-
-def _transient(exc: BaseException) -> bool:
-    """Whether retrying may succeed: a concurrent commit, an I/O error; not SQL, validation or data."""
-    if isinstance(exc, CalveError):
-        return exc.transient
-    return isinstance(exc, CommitFailedException | OSError)
-
-
-def _describe_failure(workflow: Workflow, step: StepSpec, exc: BaseException) -> str:
-    if isinstance(exc, SqlError):
-        where = ""
-        if step.sql_origin is not None:
-            path, first = step.sql_origin
-            try:
-                shown = path.relative_to(workflow.path.parent.parent)
-            except ValueError:
-                shown = path
-            where = f"{shown}:{first + (exc.line or 1) - 1}: " if exc.line else f"{shown}: "
-        return f"step {step.id!r}: {where}SQL failed: {exc.engine_message}"
-    if isinstance(exc, CalveError):
-        return f"step {step.id!r}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    last = frames[-1] if frames else None
-    at = f" (at {last.filename}:{last.lineno})" if last else ""
-    return f"step {step.id!r}: {type(exc).__name__}: {exc}{at}"
 
 
 def _summary(metrics: StepMetrics) -> str:

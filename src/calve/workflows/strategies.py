@@ -27,10 +27,13 @@ shows the choice and why, before anything runs. The decision and its reason are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from calve.workflows.model import InputSpec, ReadKind, StepSpec, Strategy
+
+if TYPE_CHECKING:
+    from calve.aggregates import AggregatePlan
 
 FILTER_JOIN_KEYS = "__calve_changed_keys"  # the alias of the changed keys a filter-join reads
 
@@ -57,6 +60,7 @@ class Choice:
     reason: str
     options: tuple[Option, ...]
     plan_explained: str | None = None  # the incremental aggregate's plan, when there is one
+    plan: AggregatePlan | None = field(default=None, compare=False, repr=False)  # for the run
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -122,6 +126,7 @@ def choose(step: StepSpec, input_columns: list[str] | None = None) -> Choice:
             "forced by the workflow (strategy: " + requested.value + ")",
             options,
             explained,
+            plan,
         )
     additive = plan is not None and all(c.table == "groups" for c in plan.state_columns)
     if aggregate.applies and plan is not None and (not filter_join.applies or additive):
@@ -131,7 +136,7 @@ def choose(step: StepSpec, input_columns: list[str] | None = None) -> Choice:
             if additive
             else "the output keys are not input columns, so a filter-join cannot select the rows"
         )
-        return Choice(step.id, requested, Strategy.AGGREGATE, reason, options, explained)
+        return Choice(step.id, requested, Strategy.AGGREGATE, reason, options, explained, plan)
     if filter_join.applies:
         reason = (
             "distinct counts, min or max keep a values table (a row per distinct value and group): each "
@@ -140,10 +145,9 @@ def choose(step: StepSpec, input_columns: list[str] | None = None) -> Choice:
             if aggregate.applies
             else "the SQL cannot be maintained as a state (" + aggregate.reason + ")"
         )
-        return Choice(step.id, requested, Strategy.FILTER_JOIN, reason, options, explained)
-    return Choice(
-        step.id, requested, Strategy.RECOMPUTE, "no incremental strategy applies", options, explained
-    )
+        return Choice(step.id, requested, Strategy.FILTER_JOIN, reason, options, explained, plan)
+    nothing = "no incremental strategy applies"
+    return Choice(step.id, requested, Strategy.RECOMPUTE, nothing, options, explained, plan)
 
 
 def filter_join_inputs(step: StepSpec) -> StepSpec:
