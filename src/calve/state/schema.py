@@ -89,5 +89,64 @@ def _v3(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX runs_by_restart ON runs (restart_of)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite3.Connection) -> None:
+    """Backfills and their chunks; what each commit wrote (for stale-range reports); run metrics."""
+    db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
+    db.execute(
+        """CREATE TABLE backfills (
+               backfill_id TEXT PRIMARY KEY,
+               workflow TEXT NOT NULL,
+               workflow_version TEXT NOT NULL,
+               steps TEXT NOT NULL,
+               range_column TEXT NOT NULL,
+               range_from TEXT NOT NULL,
+               range_to TEXT NOT NULL,
+               chunk TEXT NOT NULL,
+               propagate INTEGER NOT NULL DEFAULT 0,
+               status TEXT NOT NULL,
+               created_at REAL NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               host TEXT,
+               pid INTEGER,
+               error TEXT
+           )"""
+    )
+    db.execute("CREATE INDEX backfills_by_workflow ON backfills (workflow, created_at)")
+    db.execute(
+        """CREATE TABLE backfill_chunks (
+               backfill_id TEXT NOT NULL REFERENCES backfills (backfill_id),
+               chunk INTEGER NOT NULL,
+               range_lo TEXT NOT NULL,
+               range_hi TEXT NOT NULL,
+               status TEXT NOT NULL,
+               started_at REAL,
+               finished_at REAL,
+               cpu_s REAL,
+               metrics TEXT NOT NULL DEFAULT '{}',
+               error TEXT,
+               PRIMARY KEY (backfill_id, chunk)
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE step_commits (
+               table_name TEXT NOT NULL,
+               snapshot_id INTEGER NOT NULL,
+               workflow TEXT NOT NULL,
+               step_id TEXT NOT NULL,
+               workflow_version TEXT NOT NULL,
+               run_id TEXT,
+               backfill_id TEXT,
+               range_column TEXT,
+               range_lo TEXT,
+               range_hi TEXT,
+               complete INTEGER NOT NULL DEFAULT 0,
+               committed_at REAL NOT NULL,
+               PRIMARY KEY (table_name, snapshot_id)
+           )"""
+    )
+    db.execute("CREATE INDEX step_commits_by_step ON step_commits (workflow, step_id, committed_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
 STATE_VERSION = len(MIGRATIONS)
