@@ -70,6 +70,11 @@ class StateStore:
             db.execute("ROLLBACK")
             raise
 
+    def transaction(self) -> Any:
+        """One transaction on this thread's connection (for record kinds kept in their own module,
+        such as `calve.state.backfills`)."""
+        return self._connect()
+
     @staticmethod
     def _migrate(db: sqlite3.Connection, path: Path) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -19,6 +19,7 @@ from calve.workflows.checker import Checker
 from calve.workflows.injection import RUN_NAMES, input_names, step_names
 from calve.workflows.model import (
     FILTER_OPS,
+    Check,
     Compaction,
     Foreach,
     InputColumnRef,
@@ -240,6 +241,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
         "output",
         "foreach",
         "strategy",
+        "checks",
     )
     steps: list[StepSpec] = []
     seen: set[str] = set()
@@ -332,6 +334,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
         if sql and kind is StepKind.SQL:
             _check_sql(c, (*key, "sql" if "sql" in spec else "sql_file"), sql, names)
         strategy = _strategy(c, spec, key, kind, inputs, output) if "strategy" in spec else None
+        checks = _checks(c, spec.get("checks"), (*key, "checks"), names | {"output"}, output)
         depends = spec.get("depends_on") or []
         depends = c.names(depends, (*key, "depends_on"), "step ids") if depends else ()
         steps.append(
@@ -349,6 +352,7 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 foreach=foreach,
                 description=str(spec.get("description") or ""),
                 strategy=strategy,
+                checks=checks,
             )
         )
     ids = [s.id for s in steps]
@@ -589,6 +593,48 @@ def _output(
         properties,
         tuple(sort_by),
     )
+
+
+def _checks(
+    c: Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], output: OutputSpec | None
+) -> tuple[Check, ...]:
+    """`checks:` a list of {name, sql} (must return no rows) or {name, equal: [SQL, SQL]} (equal values)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        c.problem(key, "checks must be a list of {name: ..., sql: ...} or {name: ..., equal: [SQL, SQL]}")
+        return ()
+    if output is None:
+        c.problem(key, "checks test a step's output rows: this step has no output")
+    checks: list[Check] = []
+    for index, item in enumerate(raw):
+        at = (*key, index)
+        spec = c.mapping(item, at, ("name", "sql", "equal"), ("name",))
+        if not spec:
+            continue
+        name = str(spec["name"])
+        if ("sql" in spec) == ("equal" in spec):
+            c.problem(
+                at, f"check {name!r} needs exactly one of sql (must return no rows) or equal: [SQL, SQL]"
+            )
+            continue
+        if "sql" in spec:
+            if not isinstance(spec["sql"], str) or not spec["sql"].strip():
+                c.problem((*at, "sql"), "sql must be a non-empty string")
+                continue
+            _check_sql(c, (*at, "sql"), spec["sql"], names)
+            checks.append(Check(name, sql=spec["sql"]))
+            continue
+        pair = spec["equal"]
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(q, str) and q.strip() for q in pair)
+        ):
+            c.problem((*at, "equal"), "equal must be a list of two SQL queries, each returning one value")
+            continue
+        for query in pair:
+            _check_sql(c, (*at, "equal"), query, names)
+        checks.append(Check(name, equal=(pair[0], pair[1])))
+    return tuple(checks)
 
 
 def _check_sql(c: Checker, key: tuple[Hashable, ...], sql: str, names: set[str]) -> None:

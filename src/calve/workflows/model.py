@@ -157,6 +157,20 @@ class Compaction:
 
 
 @dataclass(frozen=True)
+class Check:
+    """A check on a step's recomputed rows (run on every backfill chunk before it commits).
+
+    `sql` must return no rows (the rows it returns are the offence); `equal` is two scalar queries
+    whose values must be equal (a row count of the input range against a sum of the output). The
+    queries see the step's inputs under their aliases and the recomputed rows as `output`.
+    """
+
+    name: str
+    sql: str | None = None
+    equal: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class StepSpec:
     id: str
     kind: StepKind
@@ -171,6 +185,7 @@ class StepSpec:
     foreach: Foreach | None = None
     description: str = ""
     strategy: Strategy | None = None  # an aggregate over one whole table, kept up to date by calve
+    checks: tuple[Check, ...] = ()  # run on each backfill chunk of this step before it commits
 
     @property
     def incremental_inputs(self) -> tuple[InputSpec, ...]:

@@ -37,15 +37,17 @@ def write_output(
     *,
     deletes: pa.Table | None = None,
     mode: WriteMode | None = None,
+    properties: Mapping[str, str] | None = None,
 ) -> tuple[Table, StepMetrics]:
     """Commit `output` into the step's target with the checkpoints of `changes`: (target, metrics).
 
     `deletes` are more keys to delete in a merge (a strategy step's vanished groups); `mode`
-    overrides the output's write mode (a strategy step's recompute overwrites the whole table).
+    overrides the output's write mode (a strategy step's recompute overwrites the whole table);
+    `properties` go into the snapshot summary.
     """
     spec = step.output
     assert spec is not None
-    data, flagged = _split_deletes(step, spec, output)
+    data, flagged = split_deletes(step, output)
     if deletes is not None and flagged is not None:
         deletes = pa.concat_tables([flagged, deletes.select(flagged.column_names).cast(flagged.schema)])
     elif deletes is None:
@@ -69,12 +71,15 @@ def write_output(
         overwrite_filter=expression(spec.filter, params, tables),
         keys=spec.keys,
         deletes=deletes,
+        properties=properties,
     )
     return target, _metrics(spec, output.num_rows, result)
 
 
-def _split_deletes(step: StepSpec, spec: OutputSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+def split_deletes(step: StepSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:
     """The rows to write and (with `delete_column`) the keys to delete; the flag column is dropped."""
+    spec = step.output
+    assert spec is not None
     if spec.delete_column is None:
         return output, None
     if spec.delete_column not in output.column_names:

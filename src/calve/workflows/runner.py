@@ -54,6 +54,7 @@ from calve.state import (
     StepMetrics,
     StepRunRecord,
 )
+from calve.state.backfills import BackfillLog
 from calve.workflows.failures import describe_failure, is_transient
 from calve.workflows.injection import run_values
 from calve.workflows.inputs import StepInputs, as_arrow, read_inputs
@@ -62,6 +63,7 @@ from calve.workflows.outputs import write_output
 from calve.workflows.pending import Pending, capture_pending, load_target, pending_changes
 from calve.workflows.python_steps import StepContext, call_python
 from calve.workflows.strategies import FILTER_JOIN_KEYS, Choice, choose, filter_join_inputs
+from calve.workflows.versions import VERSION_PROPERTY, note_commit, written_range
 from calve.write.compaction import compact
 from calve.write.consumer import Consumer
 from calve.write.modes import WriteMode
@@ -228,7 +230,7 @@ class Runner:
             if not self.state.create_run(record):
                 return None  # this slot already has its run
             result = RunResult(record)
-            with self._heartbeat(workflow.id, record.run_id):
+            with self.heartbeat(workflow.id, record.run_id):
                 self._execute(workflow, result, previous, skip_if_no_changes, pending)
             return result
         finally:
@@ -257,15 +259,16 @@ class Runner:
         return previous
 
     @contextmanager
-    def _heartbeat(self, workflow: str, run_id: str) -> Iterator[None]:
+    def heartbeat(self, workflow: str, holder: str) -> Iterator[None]:
+        """Keep the workflow's run lock of `holder` (a run or a backfill chunk) fresh while inside."""
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
                 with suppress(Exception):
-                    self.state.heartbeat(workflow, run_id)
+                    self.state.heartbeat(workflow, holder)
 
-        thread = threading.Thread(target=beat, name=f"calve-heartbeat-{run_id}", daemon=True)
+        thread = threading.Thread(target=beat, name=f"calve-heartbeat-{holder}", daemon=True)
         thread.start()
         try:
             yield
@@ -418,7 +421,7 @@ class Runner:
                 run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(inputs.reads, reason="no changes pending")
 
-        output = self._compute(step, inputs)
+        output = self.compute(step, inputs)
         _faults.crash_point("runner.after_compute")
         if step.output is None:
             return RunStatus.SUCCEEDED, replace(inputs.reads, rows_out=output.num_rows if output else 0)
@@ -433,7 +436,9 @@ class Runner:
             inputs.changes,
             inputs.params,
             inputs.tables,
+            properties=_version(run),
         )
+        self._note(run, step, output, inputs.params, step.output.mode, written)
         run.pin(step.output.table, target)
         return RunStatus.SUCCEEDED, _combine(inputs.reads, written)
 
@@ -477,7 +482,9 @@ class Runner:
             inputs.tables,
             deletes=deletes,
             mode=mode,
+            properties=_version(run),
         )
+        self._note(run, step, output, inputs.params, mode or step.output.mode, written)
         run.pin(step.output.table, target)
         return RunStatus.SUCCEEDED, _combine(reads, written)
 
@@ -515,9 +522,36 @@ class Runner:
             {},
             deletes=result.deletes,
             mode=WriteMode.OVERWRITE if result.rebuilt else None,  # a rebuilt state: every group
+            properties=_version(run),
         )
+        mode = WriteMode.OVERWRITE if result.rebuilt else step.output.mode
+        self._note(run, step, result.rows, {}, mode, written)
         run.pin(step.output.table, target)
         return RunStatus.SUCCEEDED, _combine(replace(reads, rows_read=result.changelog_rows), written)
+
+    def _note(
+        self,
+        run: _Run,
+        step: StepSpec,
+        rows: pa.Table,
+        params: Mapping[str, Any],
+        mode: WriteMode,
+        written: StepMetrics,
+    ) -> None:
+        """Note which range the step's commit wrote, with which version (for `calve status`)."""
+        column, span, complete = written_range(step, rows, params, mode)
+        note_commit(
+            BackfillLog(self.state),
+            run.record.workflow,
+            run.record.workflow_version,
+            step,
+            written.committed_snapshot_id,
+            span,
+            column=column,
+            complete=complete,
+            run_id=run.record.run_id,
+            at=time.time(),
+        )
 
     def _inputs(
         self,
@@ -554,9 +588,9 @@ class Runner:
             step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
         )
 
-    def _compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
-        if step.kind is StepKind.SQL:
-            assert step.sql is not None
+    def compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
+        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs."""
+        if step.sql is not None:
             return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
         assert step.python is not None
         return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
@@ -580,6 +614,11 @@ class Runner:
         if not compacted.partitions:
             return RunStatus.SKIPPED, replace(metrics, reason="nothing to compact")
         return RunStatus.SUCCEEDED, metrics
+
+
+def _version(run: _Run) -> dict[str, str]:
+    """The snapshot summary of a run's commits: the version of the workflow's files that made them."""
+    return {VERSION_PROPERTY: run.record.workflow_version}
 
 
 def _read_of(table: str, changes: ChangeSet) -> InputRead:

@@ -27,7 +27,7 @@ import json
 import re
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -182,12 +182,14 @@ class Consumer:
         overwrite_filter: BooleanExpression | str = ALWAYS_TRUE,
         keys: Sequence[str] = (),
         deletes: pa.Table | None = None,
+        properties: Mapping[str, str] | None = None,
     ) -> CommitResult:
         """Write `data` into `target` and advance the checkpoints to the end of `changes`, atomically.
 
         `append` adds the rows; `overwrite` replaces the rows matching `overwrite_filter` (default: all)
         with them; `merge` upserts them on `keys` and deletes the `deletes` keys, rewriting only the
         files that hold one of the keys. With nothing to write, only the checkpoint advances.
+        `properties` go into the snapshot's summary (who wrote it: workflow version, backfill chunk).
         """
         if mode not in tuple(WriteMode):
             raise CalveError(f"write mode {mode!r} is not one of: {', '.join(WriteMode)}")
@@ -206,7 +208,7 @@ class Consumer:
             merged[change_set.table] = checkpoint.to_dict()
             advanced.append(checkpoint)
         value = json.dumps(merged, sort_keys=True, separators=(",", ":"))
-        summary = {SUMMARY_CONSUMER: self.name, SUMMARY_CHECKPOINT: value}
+        summary = {**(properties or {}), SUMMARY_CONSUMER: self.name, SUMMARY_CHECKPOINT: value}
 
         plan = None
         if mode == "merge":

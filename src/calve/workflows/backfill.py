@@ -1,0 +1,895 @@
+"""Managed backfill: recompute a workflow's outputs over a range with its current logic, chunk by chunk.
+
+`plan_backfill` checks everything a backfill needs before anything runs and says what it will do:
+the steps and tables it rewrites, the chunks of the range, the rows and files each step reads and
+rewrites (from manifest statistics: no data is read), and the downstream workflows that will see
+the change through their incremental inputs. `Backfiller` then runs it:
+
+- A chunk takes the workflow's run lock (incremental runs interleave between chunks and neither
+  loses the other's changes), and runs the chosen steps in order. Each step reads its inputs as whole
+  tables restricted to the chunk's range of the range column (an input without that column is read
+  whole) at a consistent snapshot: a table the step consumes incrementally at the step's checkpoint
+  on it (so the next incremental run processes exactly what came after, and an append-mode step
+  appends nothing twice), a table an earlier step of the backfill rewrote at that rewrite, any other
+  table at its current snapshot. The injected `$range_<col>_min/max` are the chunk's bounds.
+- The recomputed rows must lie in the chunk (else the chunk fails, nothing is written), pass the
+  step's `checks:`, and are compared with the rows the target holds in the chunk: equal rows commit
+  nothing, so an unchanged chunk costs downstream nothing. Otherwise one overwrite of the chunk's
+  range commits them, its snapshot summary marked with the backfill id, chunk, step and workflow
+  version. A step that reads a table an earlier step of the same backfill rewrote advances its
+  checkpoint on it past that rewrite (it recomputed the range from it), if nothing else was pending.
+- A killed backfill resumes at its first chunk not done; a step whose commit for the chunk is in its
+  target's history (the summary marker) is not applied again.
+- With `propagate`, after each chunk the downstream workflows are run until nothing is pending:
+  they process the rewrite's changes (the changelog drops carry-over rows), not the whole range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.expressions import BooleanExpression
+from pyiceberg.table import Table
+
+from calve import _faults
+from calve.capture.changelog import CHANGE_TYPE_COLUMN, INSERT
+from calve.catalog import load_table
+from calve.errors import CalveError, DataError, RunLockedError
+from calve.read.planning import plan_files, read_files
+from calve.state.backfills import BackfillLog, BackfillRecord, BackfillStatus, ChunkRecord
+from calve.workflows.filters import expression
+from calve.workflows.injection import input_values, run_values
+from calve.workflows.inputs import StepInputs, as_arrow, read_inputs
+from calve.workflows.model import InputSpec, Predicate, ReadKind, StepKind, StepSpec, Workflow
+from calve.workflows.outputs import split_deletes
+from calve.workflows.pending import pending_changes
+from calve.workflows.versions import (
+    BACKFILL_PROPERTY,
+    CHUNK_PROPERTY,
+    STEP_PROPERTY,
+    VERSION_PROPERTY,
+    RangeKind,
+    decode,
+    encode,
+    note_commit,
+    resolve_range_column,
+    successor,
+)
+from calve.write.consumer import Consumer
+from calve.write.modes import WriteMode
+from calve.write.tables import conform
+
+if TYPE_CHECKING:
+    from calve.workflows.runner import Runner
+
+CHUNK = re.compile(r"^\s*(\d+)\s*([hdw]?)\s*$")
+LOCK_WAIT_S = 600.0  # how long a chunk waits for a run of the workflow to release its lock
+EXAMPLES = {RangeKind.DATE: "2026-11-01", RangeKind.TIMESTAMP: "2026-11-01T06:00", RangeKind.INTEGER: "42"}
+
+
+class BackfillError(CalveError):
+    """A backfill cannot be planned or a chunk cannot run (the message says why and what to do)."""
+
+
+# ---- chunks --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a backfill's range: [lo, hi] for dates and integers, [lo, hi) for timestamps."""
+
+    index: int
+    lo: Any
+    hi: Any
+    kind: RangeKind
+
+    @property
+    def last(self) -> Any:
+        """The chunk's last value (inclusive), as `$range_<col>_max` gives it."""
+        if self.kind is RangeKind.TIMESTAMP:
+            return self.hi - dt.timedelta(microseconds=1)
+        return self.hi
+
+    @property
+    def label(self) -> str:
+        if self.kind is not RangeKind.TIMESTAMP and self.lo == self.hi:
+            return encode(self.lo)
+        closing = ")" if self.kind is RangeKind.TIMESTAMP else "]"
+        return f"[{encode(self.lo)}, {encode(self.hi)}{closing}"
+
+    def predicates(self, column: str) -> tuple[Predicate, ...]:
+        high = "lt" if self.kind is RangeKind.TIMESTAMP else "lte"
+        return (Predicate(column, "gte", self.lo), Predicate(column, high, self.hi))
+
+    def expression(self, column: str) -> BooleanExpression:
+        return expression(self.predicates(column), {}, {})
+
+    def outside(self, values: pa.ChunkedArray) -> pa.ChunkedArray:
+        """A mask of the values not in the chunk (nulls included)."""
+        below = pc.less(values, pa.scalar(self.lo, values.type))
+        high = pc.greater_equal if self.kind is RangeKind.TIMESTAMP else pc.greater
+        above = high(values, pa.scalar(self.hi, values.type))
+        return pc.fill_null(pc.or_(below, above), True)
+
+
+def parse_bound(kind: RangeKind, text: str, what: str) -> Any:
+    try:
+        return decode(kind, text.strip())
+    except ValueError:
+        example = EXAMPLES[kind]
+        raise BackfillError(f"{what} {text!r} is not a {kind.value}: write it like {example}") from None
+
+
+def split_range(kind: RangeKind, start: Any, end: Any, chunk: str | None) -> list[Chunk]:
+    """The chunks of [start, end] (dates, integers) or [start, end) (timestamps), in range order.
+
+    `chunk` is a number of days (`1d`, `7d`), weeks (`2w`) or hours (`6h`, timestamps only), or a plain
+    number of values for an integer column; by default a day, or the whole range for integers.
+    """
+    if (kind is RangeKind.TIMESTAMP and end <= start) or end < start:
+        raise BackfillError(f"the range is empty: --to {encode(end)} is not after --from {encode(start)}")
+    step: Any
+    if kind is RangeKind.INTEGER:
+        if chunk is None:
+            return [Chunk(0, start, end, kind)]
+        match = CHUNK.match(chunk)
+        if not match or match.group(2) or int(match.group(1)) < 1:
+            raise BackfillError(f"--chunk {chunk!r}: for an integer column, give a number of values (1000)")
+        step = int(match.group(1))
+    else:
+        match = CHUNK.match(chunk or "1d")
+        if not match or int(match.group(1)) < 1 or not match.group(2):
+            raise BackfillError(f"--chunk {chunk!r} is not a duration: write 1d, 7d, 2w or 6h")
+        amount, unit = int(match.group(1)), match.group(2)
+        if unit == "h" and kind is RangeKind.DATE:
+            raise BackfillError(f"--chunk {chunk!r}: a date column is chunked by days or weeks (1d, 7d, 2w)")
+        days = amount * (7 if unit == "w" else 1)
+        step = dt.timedelta(hours=amount) if unit == "h" else dt.timedelta(days=days)
+        if kind is RangeKind.DATE:
+            step = step.days
+    chunks: list[Chunk] = []
+    low = start
+    while (low < end) if kind is RangeKind.TIMESTAMP else (low <= end):
+        if kind is RangeKind.DATE:
+            high = min(low + dt.timedelta(days=step - 1), end)
+        elif kind is RangeKind.INTEGER:
+            high = min(low + step - 1, end)
+        else:
+            high = min(low + step, end)
+        chunks.append(Chunk(len(chunks), low, high, kind))
+        low = high if kind is RangeKind.TIMESTAMP else successor(kind, high)
+    return chunks
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Files and rows in the range (from manifest statistics), or of the whole table if not ranged."""
+
+    table: str
+    files: int
+    rows: int
+    ranged: bool  # False: the table has no range column and is read (or may change) whole
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "files": self.files, "rows": self.rows, "ranged": self.ranged}
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    step: str
+    target: Estimate  # the rows and files the backfill rewrites
+    inputs: dict[str, Estimate]  # alias -> what the step reads over the whole range
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "rewrites": self.target.to_dict(),
+            "reads": {alias: e.to_dict() for alias, e in self.inputs.items()},
+        }
+
+
+@dataclass(frozen=True)
+class DownstreamPlan:
+    """A workflow that will see the backfill through its incremental inputs."""
+
+    workflow: str
+    steps: tuple[str, ...]
+    reads: tuple[str, ...]  # the rewritten tables it reads
+    targets: tuple[Estimate, ...]  # its targets' rows and files in the range: the most it recomputes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow,
+            "steps": list(self.steps),
+            "reads": list(self.reads),
+            "targets": [t.to_dict() for t in self.targets],
+        }
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    workflow: Workflow
+    steps: tuple[StepSpec, ...]
+    column: str
+    kind: RangeKind
+    start: Any
+    end: Any
+    chunk: str
+    chunks: tuple[Chunk, ...]
+    stages: tuple[StepPlan, ...]
+    downstream: tuple[DownstreamPlan, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow.id,
+            "workflow_version": self.workflow.version,
+            "steps": [s.id for s in self.steps],
+            "column": self.column,
+            "from": encode(self.start),
+            "to": encode(self.end),
+            "chunk": self.chunk,
+            "chunks": [c.label for c in self.chunks],
+            "stages": [s.to_dict() for s in self.stages],
+            "downstream": [d.to_dict() for d in self.downstream],
+        }
+
+
+def plan_backfill(
+    runner: Runner,
+    workflows: Mapping[str, Workflow],
+    workflow_id: str,
+    start: str,
+    end: str,
+    *,
+    steps: tuple[str, ...] = (),
+    chunk: str | None = None,
+    column: str | None = None,
+) -> BackfillPlan:
+    """Check that the backfill can run and estimate what it does; nothing is written."""
+    if workflow_id not in workflows:
+        from calve.errors import did_you_mean
+
+        raise BackfillError(
+            f"no workflow {workflow_id!r}{did_you_mean(workflow_id, list(workflows))}; list them with "
+            "`calve workflows`"
+        )
+    workflow = workflows[workflow_id]
+    chosen = _chosen_steps(workflow, steps)
+    catalog = runner.catalog
+    names: dict[str, tuple[str, RangeKind]] = {}
+    for step in chosen:
+        assert step.output is not None
+        try:
+            target = catalog.load_table(step.output.table)
+        except Exception:
+            raise BackfillError(
+                f"step {step.id!r} has not created {step.output.table} yet: run the workflow first "
+                f"(`calve run {workflow.id}`); its first run processes all the history there is"
+            ) from None
+        names[step.id] = resolve_range_column(step, target.schema().as_arrow(), column)
+    distinct = {name for name, _ in names.values()}
+    if len(distinct) > 1:
+        listed = ", ".join(f"{s}: {n}" for s, (n, _) in names.items())
+        raise BackfillError(
+            f"the steps range over different columns ({listed}); backfill them one at a time with --step, "
+            "or name the column with --column"
+        )
+    name, kind = next(iter(names.values()))
+    low, high = parse_bound(kind, start, "--from"), parse_bound(kind, end, "--to")
+    chunks = split_range(kind, low, high, chunk)
+    whole = Chunk(0, low, high, kind)
+    stages = tuple(_estimate_step(runner, step, name, whole) for step in chosen)
+    downstream = _downstream(runner, workflows, workflow, chosen, name, whole)
+    chunk_text = chunk or ("1d" if kind is not RangeKind.INTEGER else "all")
+    return BackfillPlan(
+        workflow, chosen, name, kind, low, high, chunk_text, tuple(chunks), stages, downstream
+    )
+
+
+def _chosen_steps(workflow: Workflow, steps: tuple[str, ...]) -> tuple[StepSpec, ...]:
+    if steps:
+        chosen = [workflow.step(s) for s in steps]
+        chosen.sort(key=list(workflow.steps).index)
+    else:
+        chosen = [s for s in workflow.steps if s.output is not None and s.foreach is None]
+    for step in chosen:
+        if step.kind in (StepKind.ICDC, StepKind.COMPACT) or step.output is None:
+            raise BackfillError(f"step {step.id!r} writes no output table: there is nothing to backfill")
+        if step.foreach is not None:
+            raise BackfillError(
+                f"step {step.id!r} is a foreach step; a backfill recomputes steps over a range of their "
+                "output's range column: run it with `calve run` and the params of the range instead"
+            )
+    if not chosen:
+        raise BackfillError(f"workflow {workflow.id!r} has no step with an output table to backfill")
+    return tuple(chosen)
+
+
+def _estimate(table: Table, column: str, chunk: Chunk, snapshot_id: int | None = None) -> Estimate:
+    name = ".".join(table.name())
+    ranged = column in table.schema().column_names
+    condition = chunk.expression(column) if ranged else expression((), {}, {})
+    tasks = plan_files(table, condition, snapshot_id)
+    return Estimate(name, len(tasks), sum(t.file.record_count for t in tasks), ranged)
+
+
+def _estimate_step(runner: Runner, step: StepSpec, column: str, whole: Chunk) -> StepPlan:
+    assert step.output is not None
+    target = load_table(runner.catalog, step.output.table)
+    inputs = {}
+    for spec in step.inputs:
+        if spec.read is ReadKind.RANGES:
+            continue
+        inputs[spec.alias] = _estimate(load_table(runner.catalog, spec.table), column, whole)
+    return StepPlan(step.id, _estimate(target, column, whole), inputs)
+
+
+def _downstream(
+    runner: Runner,
+    workflows: Mapping[str, Workflow],
+    workflow: Workflow,
+    chosen: tuple[StepSpec, ...],
+    column: str,
+    whole: Chunk,
+) -> tuple[DownstreamPlan, ...]:
+    """The workflows (and steps of this one not backfilled) that read a rewritten table, transitively."""
+    from calve.workflows.scheduler import upstream_first
+
+    rewritten = {s.output.table for s in chosen if s.output is not None}
+    backfilled = {(workflow.id, s.id) for s in chosen}
+    found: dict[str, tuple[list[str], set[str], list[str]]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for other in upstream_first(workflows):
+            for step in other.steps:
+                if (other.id, step.id) in backfilled:
+                    continue
+                reads = {i.table for i in step.inputs} & rewritten
+                if not reads:
+                    continue
+                steps, tables, targets = found.setdefault(other.id, ([], set(), []))
+                if step.id not in steps:
+                    steps.append(step.id)
+                    tables |= reads
+                    if step.output is not None:
+                        targets.append(step.output.table)
+                        if step.output.table not in rewritten:
+                            rewritten.add(step.output.table)
+                            changed = True
+    plans = []
+    for other in upstream_first(workflows):
+        if other.id not in found:
+            continue
+        steps, tables, targets = found[other.id]
+        estimates = []
+        for name in targets:
+            try:
+                estimates.append(_estimate(runner.catalog.load_table(name), column, whole))
+            except Exception:
+                estimates.append(Estimate(name, 0, 0, False))
+        plans.append(DownstreamPlan(other.id, tuple(steps), tuple(sorted(tables)), tuple(estimates)))
+    return tuple(plans)
+
+
+# ---- running it ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    status: str  # committed, unchanged, already committed
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_before: int = 0
+    snapshot_id: int | None = None
+    checkpoint_advanced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BackfillResult:
+    record: BackfillRecord
+    chunks: list[ChunkRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record.to_dict(), "chunks": [c.to_dict() for c in self.chunks]}
+
+
+def new_backfill_id(now: float | None = None) -> str:
+    stamp = dt.datetime.fromtimestamp(now or time.time(), dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"bf-{stamp}-{secrets.token_hex(3)}"
+
+
+class Backfiller:
+    """Runs backfills of one project's workflows with a runner (its catalog, engine, state store)."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        workflows: Mapping[str, Workflow],
+        progress: Callable[[str], None] = lambda _: None,
+        lock_wait_s: float = LOCK_WAIT_S,
+    ) -> None:
+        self.runner = runner
+        self.workflows = workflows
+        self.progress = progress
+        self.lock_wait_s = lock_wait_s
+        self.log = BackfillLog(runner.state)
+
+    def start(self, plan: BackfillPlan, propagate: bool = False) -> BackfillRecord:
+        """Record a planned backfill and its chunks (queued); `run` runs it."""
+        now = time.time()
+        record = BackfillRecord(
+            backfill_id=new_backfill_id(now),
+            workflow=plan.workflow.id,
+            workflow_version=plan.workflow.version,
+            steps=tuple(s.id for s in plan.steps),
+            range_column=plan.column,
+            range_from=encode(plan.start),
+            range_to=encode(plan.end),
+            chunk=plan.chunk,
+            status=BackfillStatus.QUEUED,
+            created_at=now,
+            propagate=propagate,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        chunks = [ChunkRecord(record.backfill_id, c.index, encode(c.lo), encode(c.hi)) for c in plan.chunks]
+        self.log.create(record, chunks)
+        return record
+
+    def plan_of(self, record: BackfillRecord) -> BackfillPlan:
+        """The plan of a recorded backfill, with the workflow as it is now (which must be unchanged)."""
+        workflow = self.workflows.get(record.workflow)
+        if workflow is None:
+            raise BackfillError(
+                f"backfill {record.backfill_id}: workflow {record.workflow!r} no longer exists"
+            )
+        if workflow.version != record.workflow_version:
+            raise BackfillError(
+                f"backfill {record.backfill_id} computes with version {record.workflow_version} of workflow "
+                f"{workflow.id!r}, whose files have changed since (now version {workflow.version}); its "
+                "finished chunks stand. Start a new backfill of the range with the new logic"
+            )
+        chunk = None if record.chunk == "all" else record.chunk
+        return plan_backfill(
+            self.runner,
+            self.workflows,
+            record.workflow,
+            record.range_from,
+            record.range_to,
+            steps=record.steps,
+            chunk=chunk,
+            column=record.range_column,
+        )
+
+    def run(
+        self,
+        backfill_id: str,
+        *,
+        on_chunk: Callable[[ChunkRecord], None] = lambda _: None,
+        throttle_s: float = 0.0,
+    ) -> BackfillResult:
+        """Run (or resume) a backfill: every chunk not done yet, in order. A failed chunk stops it."""
+        record = self.log.get(backfill_id)
+        if record is None:
+            raise BackfillError(f"no backfill {backfill_id!r}; list them with `calve backfills`")
+        if record.alive_elsewhere():
+            raise BackfillError(
+                f"backfill {backfill_id} is running in process {record.pid} on {record.host}; wait for it, "
+                f"or watch it with `calve backfills {backfill_id}`"
+            )
+        if record.status is BackfillStatus.SUCCEEDED:
+            return BackfillResult(record, self.log.chunks(backfill_id))
+        plan = self.plan_of(record)
+        record = self.log.claim(backfill_id)
+        result = BackfillResult(record)
+        chunk_records = {c.chunk: c for c in self.log.chunks(backfill_id)}
+        for index, chunk in enumerate(plan.chunks):
+            done = chunk_records[chunk.index]
+            if done.status.done:
+                result.chunks.append(done)
+                continue
+            if index and throttle_s:
+                time.sleep(throttle_s)
+            outcome = self._chunk(plan, record, chunk, done)
+            result.chunks.append(outcome)
+            on_chunk(outcome)
+            if outcome.status is BackfillStatus.FAILED:
+                self.log.update(
+                    backfill_id, status=BackfillStatus.FAILED, finished_at=time.time(), error=outcome.error
+                )
+                result.record = replace(record, status=BackfillStatus.FAILED, error=outcome.error)
+                return result
+            _faults.crash_point("backfill.between_chunks")
+        self.log.update(backfill_id, status=BackfillStatus.SUCCEEDED, finished_at=time.time(), error=None)
+        result.record = replace(record, status=BackfillStatus.SUCCEEDED, finished_at=time.time())
+        return result
+
+    # ---- one chunk -----------------------------------------------------------------------------
+
+    def _chunk(
+        self, plan: BackfillPlan, record: BackfillRecord, chunk: Chunk, before: ChunkRecord
+    ) -> ChunkRecord:
+        started = replace(before, status=BackfillStatus.RUNNING, started_at=time.time(), error=None)
+        self.log.record_chunk(started)
+        position = f"{chunk.index + 1}/{len(plan.chunks)}"
+        self.progress(f"backfill {record.backfill_id}: chunk {position} {chunk.label}")
+        cpu = time.process_time()
+        outcomes: list[StepOutcome] = []
+        try:
+            with self._lock(plan.workflow, f"{record.backfill_id}#{chunk.index}"):
+                rewritten: set[str] = set()
+                for step in plan.steps:
+                    outcome = self._step(plan, record, chunk, step, rewritten)
+                    outcomes.append(outcome)
+                    assert step.output is not None
+                    rewritten.add(step.output.table)
+                    self.progress(f"  step {step.id}: {_describe(outcome)}")
+            downstream = self._propagate(plan, record, chunk) if record.propagate else []
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, CalveError) else f"{type(exc).__name__}: {exc}"
+            failed = replace(
+                started,
+                status=BackfillStatus.FAILED,
+                finished_at=time.time(),
+                cpu_s=time.process_time() - cpu,
+                metrics={"steps": [o.to_dict() for o in outcomes]},
+                error=error,
+            )
+            self.log.record_chunk(failed)
+            self.progress(f"  chunk {chunk.label} failed: {error}")
+            return failed
+        committed = any(o.status != "unchanged" for o in outcomes)
+        finished = replace(
+            started,
+            status=BackfillStatus.SUCCEEDED if committed else BackfillStatus.UNCHANGED,
+            finished_at=time.time(),
+            cpu_s=time.process_time() - cpu,
+            metrics={"steps": [o.to_dict() for o in outcomes], "downstream_runs": downstream},
+        )
+        self.log.record_chunk(finished)
+        return finished
+
+    @contextmanager
+    def _lock(self, workflow: Workflow, holder: str) -> Iterator[None]:
+        """The workflow's run lock for a chunk, waiting for a run that holds it (up to `lock_wait_s`)."""
+        state = self.runner.state
+        deadline = time.monotonic() + self.lock_wait_s
+        waited = False
+        while True:
+            lock = state.acquire_lock(workflow.id, holder, self.runner.lock_stale_after_s)
+            if lock is None:
+                break
+            if time.monotonic() > deadline:
+                raise BackfillError(
+                    f"workflow {workflow.id!r} stayed locked by run {lock.run_id} for "
+                    f"{self.lock_wait_s:.0f}s; the chunk did not start. Resume the backfill after that run"
+                )
+            if not waited:
+                self.progress(f"  waiting for run {lock.run_id} of {workflow.id} to finish")
+                waited = True
+            time.sleep(0.5)
+        try:
+            with self.runner.heartbeat(workflow.id, holder):
+                yield
+        finally:
+            state.release_lock(workflow.id, holder)
+
+    def _step(
+        self, plan: BackfillPlan, record: BackfillRecord, chunk: Chunk, step: StepSpec, rewritten: set[str]
+    ) -> StepOutcome:
+        assert step.output is not None
+        catalog = self.runner.catalog
+        workflow = plan.workflow
+        target = load_table(catalog, step.output.table)
+        chunk_marker = {BACKFILL_PROPERTY: record.backfill_id, CHUNK_PROPERTY: str(chunk.index)}
+        marker = {**chunk_marker, STEP_PROPERTY: step.id}
+        done = _marked_snapshot(target, marker)
+        if done is not None:
+            return StepOutcome(step.id, "already committed", snapshot_id=done)
+        consumer = Consumer(catalog, workflow.consumer_name(step), self.runner.state)
+        tables: dict[str, Table] = {}
+        pins: dict[str, int | None] = {}
+        advance = []
+        incremental = {i.table for i in step.incremental_inputs}
+        for spec in step.inputs:
+            if spec.table in tables:
+                continue
+            table = tables[spec.table] = load_table(catalog, spec.table)
+            current = table.current_snapshot()
+            if spec.table in rewritten:  # an earlier step of this chunk rewrote it: read the rewrite
+                pins[spec.table] = current.snapshot_id if current else None
+                if spec.table in incremental:
+                    changes = pending_changes(consumer, table, target, pins[spec.table])
+                    foreign = [
+                        s.snapshot_id
+                        for s in changes.logical_snapshots
+                        if not _has_marker(table, s.snapshot_id, chunk_marker)
+                    ]
+                    if foreign:
+                        raise BackfillError(
+                            f"step {step.id!r} has changes of {spec.table} it has not processed yet "
+                            f"(snapshot {foreign[0]}, before this backfill's rewrite); run the workflow "
+                            f"first (`calve run {workflow.id}`), then resume: calve backfill --resume "
+                            f"{record.backfill_id}"
+                        )
+                    if changes.snapshots:
+                        advance.append(changes)
+            elif spec.table in incremental:  # what the step has processed: the next run does the rest
+                checkpoint = consumer.checkpoint(target, table)
+                if checkpoint is None or checkpoint.snapshot_id is None:
+                    raise BackfillError(
+                        f"step {step.id!r} has not processed {spec.table} yet (no checkpoint in "
+                        f"{step.output.table}); run the workflow first (`calve run {workflow.id}`)"
+                    )
+                pins[spec.table] = checkpoint.snapshot_id
+            else:
+                pins[spec.table] = current.snapshot_id if current else None
+
+        inputs = self._read(plan, record, chunk, step, tables, pins)
+        output = self.runner.compute(step, inputs)
+        if output is None:
+            raise BackfillError(f"step {step.id!r} returned no rows table, but it has an output table")
+        _faults.crash_point("backfill.after_compute")
+        data, _ = split_deletes(step, output)  # rows flagged deleted are simply not in the range any more
+        data = conform(data, target, step.id)
+        if step.output.sort_by:
+            data = data.sort_by([(c, "ascending") for c in step.output.sort_by])
+        _check_inside(step, data, plan.column, chunk)
+        self._run_checks(step, inputs, data)
+        condition = chunk.expression(plan.column)
+        existing = read_files(target, plan_files(target, condition), condition, target.schema())
+        rows_read = inputs.reads.rows_read
+        same = _same_rows(data, existing)
+        if same and not advance:
+            return StepOutcome(step.id, "unchanged", rows_read=rows_read, rows_before=existing.num_rows)
+        properties = {**marker, VERSION_PROPERTY: workflow.version}
+        if same:  # nothing to rewrite; the checkpoint passes the upstream rewrite
+            consumer.commit(target, advance, data.slice(0, 0), mode=WriteMode.APPEND)
+            before = existing.num_rows
+            return StepOutcome(step.id, "unchanged", rows_read, rows_before=before, checkpoint_advanced=True)
+        result = consumer.commit(
+            target, advance, data, mode=WriteMode.OVERWRITE, overwrite_filter=condition, properties=properties
+        )
+        _faults.crash_point("backfill.after_step_commit")
+        note_commit(
+            self.log,
+            workflow.id,
+            workflow.version,
+            step,
+            result.snapshot_id,
+            (chunk.lo, chunk.last),
+            column=plan.column,
+            complete=True,
+            backfill_id=record.backfill_id,
+            at=time.time(),
+        )
+        return StepOutcome(
+            step.id,
+            "committed",
+            rows_read=rows_read,
+            rows_written=data.num_rows,
+            rows_before=existing.num_rows,
+            snapshot_id=result.snapshot_id,
+            checkpoint_advanced=bool(advance),
+        )
+
+    def _read(
+        self,
+        plan: BackfillPlan,
+        record: BackfillRecord,
+        chunk: Chunk,
+        step: StepSpec,
+        tables: Mapping[str, Table],
+        pins: Mapping[str, int | None],
+    ) -> StepInputs:
+        """The step's inputs over the chunk: each as the whole table in the range, shaped as declared."""
+        column = plan.column
+        values = {f"range_{column}_min": chunk.lo, f"range_{column}_max": chunk.last}
+        base = run_values(
+            {**plan.workflow.resolve_params({}, _logical_date(chunk)), **values},
+            run_id=f"{record.backfill_id}#{chunk.index}",
+            workflow=plan.workflow.id,
+            step=step.id,
+            trigger=f"backfill {record.backfill_id}",
+            logical_date=_logical_date(chunk),
+        )
+        derived: list[InputSpec] = []
+        ranges_only: list[InputSpec] = []
+        for spec in step.inputs:
+            if spec.read.incremental:
+                base.update(input_values(spec.alias, pins[spec.table], incremental=True))
+                for name in spec.ranges:
+                    if name != column:
+                        raise BackfillError(
+                            f"step {step.id!r}: input {spec.alias!r} has change ranges of {name!r}, but the "
+                            f"backfill ranges over {column!r}; backfill by that column (--column {name})"
+                        )
+                    base[f"{spec.alias}_{name}_min"] = chunk.lo
+                    base[f"{spec.alias}_{name}_max"] = chunk.last
+            if spec.read is ReadKind.RANGES:
+                ranges_only.append(spec)
+                continue
+            in_range = chunk.predicates(column) if column in tables[spec.table].schema().column_names else ()
+            filters = spec.filter + in_range
+            columns = spec.keys if spec.read is ReadKind.KEYS else spec.columns
+            derived.append(replace(spec, read=ReadKind.TABLE, filter=filters, columns=columns, ranges=()))
+        lazy = step.kind is StepKind.SQL and bool(getattr(self.runner.engine, "accepts_scans", False))
+        inputs = read_inputs(
+            replace(step, inputs=tuple(derived), strategy=None),
+            base,
+            tables,
+            pins,
+            {},
+            _no_icdc,
+            lazy=lazy,
+        )
+        shaped = dict(inputs.tables)
+        for spec in step.inputs:
+            if spec.read is ReadKind.KEYS:
+                shaped[spec.alias] = as_arrow(shaped[spec.alias]).group_by(list(spec.keys)).aggregate([])
+            elif spec.read is ReadKind.CHANGELOG:
+                rows = as_arrow(shaped[spec.alias])
+                shaped[spec.alias] = rows.append_column(
+                    CHANGE_TYPE_COLUMN, pa.array([INSERT] * rows.num_rows, pa.string())
+                )
+        for spec in ranges_only:
+            shaped[spec.alias] = tables[spec.table].schema().as_arrow().empty_table()
+        return StepInputs(shaped, {}, {}, {}, inputs.params, inputs.reads)
+
+    def _run_checks(self, step: StepSpec, inputs: StepInputs, data: pa.Table) -> None:
+        """The step's `checks:` on the recomputed rows, before they are committed."""
+        if not step.checks:
+            return
+        engine = self.runner.engine
+        relations = {alias: as_arrow(rows) for alias, rows in inputs.tables.items()}
+        relations["output"] = data
+        params = dict(inputs.params)
+        for check in step.checks:
+            if check.sql is not None:
+                offending = engine.run(check.sql, dict(relations), params)
+                if offending is not None and offending.num_rows:
+                    shown = offending.slice(0, 5).to_pylist()
+                    raise DataError(
+                        f"step {step.id!r}: check {check.name!r} failed: {offending.num_rows} row(s) where "
+                        f"none may be; first ones: {shown}; nothing was committed for this chunk"
+                    )
+                continue
+            assert check.equal is not None
+            got = [_scalar(engine.run(q, dict(relations), params)) for q in check.equal]
+            if got[0] != got[1]:
+                raise DataError(
+                    f"step {step.id!r}: check {check.name!r} failed: {got[0]!r} != {got[1]!r} "
+                    f"({check.equal[0].strip()} | {check.equal[1].strip()}); nothing was committed for this "
+                    "chunk"
+                )
+
+    def _propagate(self, plan: BackfillPlan, record: BackfillRecord, chunk: Chunk) -> list[dict[str, Any]]:
+        """Run the downstream workflows until nothing is pending (waiting for a held lock)."""
+        runs = []
+        for downstream in plan.downstream:
+            workflow = self.workflows[downstream.workflow]
+            deadline = time.monotonic() + self.lock_wait_s
+            while True:
+                try:
+                    result = self.runner.run(
+                        workflow,
+                        trigger=f"backfill {record.backfill_id} chunk {chunk.index}",
+                        skip_if_no_changes=True,
+                    )
+                    break
+                except RunLockedError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            if result is None:
+                continue
+            runs.append({"workflow": workflow.id, "run_id": result.run.run_id, "status": result.status.value})
+            if result.status.value == "failed":
+                raise BackfillError(
+                    f"downstream workflow {workflow.id!r} failed in run {result.run.run_id} "
+                    f"({result.run.error}); the chunk's own commits stand. Fix it, then resume: "
+                    f"calve backfill --resume {record.backfill_id}"
+                )
+        return runs
+
+
+def _no_icdc(*_: Any) -> Any:  # a backfill reads whole tables: it publishes no ICDC table
+    raise AssertionError("a backfill publishes no ICDC table")
+
+
+def _logical_date(chunk: Chunk) -> dt.date:
+    """A chunk's logical date: its last day for date and timestamp ranges, else today."""
+    if chunk.kind is RangeKind.DATE:
+        return chunk.hi  # type: ignore[no-any-return]
+    if chunk.kind is RangeKind.TIMESTAMP:
+        return chunk.last.date()  # type: ignore[no-any-return]
+    return dt.datetime.now(dt.UTC).date()
+
+
+def _marked_snapshot(table: Table, marker: Mapping[str, str]) -> int | None:
+    """The snapshot of `table`'s history whose summary carries every property of `marker`."""
+    for snapshot in reversed(table.metadata.snapshots):
+        props = snapshot.summary.additional_properties if snapshot.summary else {}
+        if all(props.get(k) == v for k, v in marker.items()):
+            return snapshot.snapshot_id
+    return None
+
+
+def _has_marker(table: Table, snapshot_id: int, marker: Mapping[str, str]) -> bool:
+    snapshot = table.metadata.snapshot_by_id(snapshot_id)
+    props = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
+    return all(props.get(k) == v for k, v in marker.items())
+
+
+def _check_inside(step: StepSpec, data: pa.Table, column: str, chunk: Chunk) -> None:
+    """Refuse recomputed rows outside the chunk: an overwrite of the chunk would add them twice."""
+    if column not in data.column_names or data.num_rows == 0:
+        return
+    mask = chunk.outside(data.column(column))
+    outside = data.filter(mask)
+    if outside.num_rows:
+        values = sorted({str(v) for v in outside.column(column).to_pylist()})[:5]
+        raise DataError(
+            f"step {step.id!r} computed {outside.num_rows} row(s) outside the chunk {chunk.label} of "
+            f"{column} (values {', '.join(values)}); a step backfilled by {column} must compute the rows of "
+            f"a range from the inputs' rows of that range (filter on $range_{column}_min/max if it reads "
+            "other days); nothing was committed"
+        )
+
+
+def _same_rows(a: pa.Table, b: pa.Table) -> bool:
+    """Whether two tables of one schema hold the same rows (as multisets; row order does not matter)."""
+    if a.num_rows != b.num_rows:
+        return False
+    if a.num_rows == 0:
+        return True
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("a", a)
+        con.register("b", b.select(a.column_names).cast(a.schema))
+        differing = con.execute(
+            "SELECT count(*) FROM ((SELECT * FROM a EXCEPT ALL SELECT * FROM b) "
+            "UNION ALL (SELECT * FROM b EXCEPT ALL SELECT * FROM a))"
+        ).fetchone()
+    finally:
+        con.close()
+    return differing is not None and differing[0] == 0
+
+
+def _scalar(table: pa.Table | None) -> Any:
+    if table is None or table.num_rows != 1 or table.num_columns != 1:
+        raise DataError("an `equal` check query must return exactly one row with one column")
+    return table.column(0)[0].as_py()
+
+
+def _describe(outcome: StepOutcome) -> str:
+    if outcome.status == "committed":
+        return (
+            f"rewrote {outcome.rows_before} rows as {outcome.rows_written} ({outcome.rows_read} read), "
+            f"snapshot {outcome.snapshot_id}"
+        )
+    if outcome.status == "unchanged":
+        equal = f"{outcome.rows_before} rows equal"
+        return f"unchanged ({outcome.rows_read} rows read, {equal}): nothing committed"
+    return f"committed before (snapshot {outcome.snapshot_id}), not applied again"
