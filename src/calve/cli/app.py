@@ -35,6 +35,9 @@ COMMANDS: dict[str, str] = {
     "run": "calve.cli.workflow_commands",
     "runs": "calve.cli.workflow_commands",
     "scheduler": "calve.cli.workflow_commands",
+    "backfill": "calve.cli.backfill_commands",
+    "backfills": "calve.cli.backfill_commands",
+    "status": "calve.cli.backfill_commands",
 }
 
 
