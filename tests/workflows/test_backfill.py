@@ -195,7 +195,7 @@ def test_business_logic_change_backfilled_and_propagated_downstream(project_with
     )
     record = bf.start(plan, propagate=True)
     result = bf.run(record.backfill_id)
-    assert result.record.status is BackfillStatus.SUCCEEDED
+    assert result.record.status is BackfillStatus.SUCCEEDED, result.record.error
     assert [c.status for c in result.chunks] == [BackfillStatus.SUCCEEDED] * 3
     assert all(c.metrics["downstream_runs"] for c in result.chunks)
 
