@@ -159,7 +159,16 @@ def backfill(
 
 
 def _run(backfiller: Backfiller, backfill_id: str, throttle: float, out: Output) -> None:
-    result = backfiller.run(backfill_id, throttle_s=throttle)
+    chunks = backfiller.log.chunks(backfill_id)
+    if out.json_mode or not out.err.is_terminal:  # progress lines only (CI logs, pipes)
+        result = backfiller.run(backfill_id, throttle_s=throttle)
+    else:  # a progress bar of the chunks on the terminal, under the progress lines
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (TextColumn("chunks"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=out.err, transient=True) as bar:
+            task = bar.add_task("chunks", total=len(chunks), completed=sum(c.status.done for c in chunks))
+            result = backfiller.run(backfill_id, throttle_s=throttle, on_chunk=lambda _: bar.advance(task))
     payload = result.to_dict()
     out.result(payload, lambda console: _render_backfill(console, payload))
     if result.record.status.value == "failed":
