@@ -1,0 +1,610 @@
+"""The web UI's application: pages over a project's workflows, runs, tables, lineage and backfills.
+
+    GET  /                          workflows: triggers, next due time, last run
+    GET  /workflows/{id}            one workflow: steps (SQL file:line), triggers, runs, cost per run
+    GET  /runs                      runs, newest first, filtered by workflow, status and trigger
+    GET  /runs/{run_id}             one run: steps, inputs' snapshot ranges, metrics, errors
+    GET  /tables                    the project's tables
+    GET  /tables/{name}             snapshots, consumers with checkpoints and lag, lateness
+    GET  /lineage                   workflows and tables as a graph
+    GET  /backfills[/{id}]          backfills and their chunks' progress
+    POST /workflows/{id}/run        run now         } only with --allow-actions, a form token and
+    POST /runs/{run_id}/restart     restart a run   } a same-origin request
+
+Contract: pages only read (the state store through `StateQueries`, the catalog's metadata); every
+value reaches the HTML through Jinja2's autoescape or `markupsafe.escape`. Without `allow_actions`
+every POST is refused with 403 and a message saying how to enable actions. With it, an action needs
+the form token of this server process and, when the browser sends an Origin, the server's own
+origin: a page of another site cannot start runs. An action runs in a background thread with the
+project's `Runner`, which takes the workflow's lock like any other run.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from calve.errors import CalveError, ProblemsError
+from calve.project import Project
+from calve.state.records import RESTARTABLE, RunStatus
+from calve.ui import svg
+from calve.ui.queries import PAGE_SIZE, RunFilter, StateQueries
+from calve.ui.schedule import next_due
+from calve.workflows.model import Workflow
+
+STATIC = Path(__file__).parent / "static"
+RUN_STATUSES = tuple(status.value for status in RunStatus)
+TRIGGER_KINDS = ("manual", "cron", "interval", "incremental", "recovery", "retry", "backfill", "demo")
+READ_ONLY = (
+    "this calve UI is read-only: actions (run now, restart) are off. Start it with "
+    "`calve ui --allow-actions` to allow them"
+)
+# metrics a step page shows in its own places; any other key is listed as is
+STEP_METRICS_SHOWN = {
+    "inputs",
+    "icdc_tables",
+    "rows_read",
+    "files_read",
+    "bytes_read",
+    "rows_out",
+    "rows_written",
+    "rows_deleted",
+    "files_written",
+    "bytes_written",
+    "files_removed",
+    "committed_snapshot_id",
+    "output",
+    "mode",
+    "merge",
+    "timings",
+    "peak_rss_bytes",
+    "skew",
+    "error_class",
+    "strategy",
+    "reason",
+}
+# a workflow file and line in an error message: workflows/daily.yaml:12, stage1.sql:3
+FILE_LINE = re.compile(r"[\w./-]+\.(?:ya?ml|sql|py):\d+")
+
+
+@dataclass(frozen=True)
+class Action:
+    """What an action started from the UI did (the last ones are shown on the workflows page)."""
+
+    at: float
+    what: str
+    outcome: str
+
+
+class UI:
+    """The state one UI server keeps: the project, its queries, templates, the form token, actions."""
+
+    def __init__(self, project: Project, allow_actions: bool) -> None:
+        self.project = project
+        self.allow_actions = allow_actions
+        project.state  # noqa: B018 -- opens (and migrates) the store once, before any read-only query
+        self.queries = StateQueries(project.settings.state)
+        self.token = secrets.token_urlsafe(24)  # the form token of this process: a new one per start
+        self.actions: collections.deque[Action] = collections.deque(maxlen=20)
+        self._lock = threading.Lock()
+        self.templates = Environment(
+            loader=PackageLoader("calve.ui", "templates"),
+            autoescape=select_autoescape(["html"], default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(
+            ts=format_time, dur=format_duration, num=format_number, size=format_bytes, first_line=first_line
+        )
+        self.templates.globals.update(mark_file_lines=mark_file_lines)
+
+    def page(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = self.templates.get_template(template).render(
+            request=request,
+            allow_actions=self.allow_actions,
+            token=self.token,
+            project_root=str(self.project.root),
+            path=request.url.path,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code)
+
+    def workflows(self) -> tuple[dict[str, Workflow], list[str]]:
+        """The project's workflows, or none and the problems of its files (the pages still work)."""
+        try:
+            return self.project.workflows(), []
+        except ProblemsError as exc:
+            return {}, list(exc.problems)
+
+    def record(self, what: str, outcome: str) -> None:
+        with self._lock:
+            self.actions.appendleft(Action(time.time(), what, outcome))
+
+    def start(self, what: str, work: Callable[[], str]) -> None:
+        """Run `work` in a background thread; its outcome (or error) is recorded as an action."""
+
+        def target() -> None:
+            try:
+                outcome = work()
+            except CalveError as exc:
+                outcome = f"error: {exc}"
+            except Exception as exc:  # the thread must not die silently: say what happened
+                outcome = f"error: {type(exc).__name__}: {exc}"
+            self.record(what, outcome)
+
+        self.record(what, "started")
+        threading.Thread(target=target, name=f"calve-ui {what}", daemon=True).start()
+
+
+def create_app(project: Project, *, allow_actions: bool = False) -> Starlette:
+    """The Starlette application of `calve ui` for `project` (read-only unless `allow_actions`)."""
+    ui = UI(project, allow_actions)
+
+    def workflows_page(request: Request) -> Response:
+        loaded, problems = ui.workflows()
+        now = dt.datetime.now(dt.UTC)
+        locks = ui.queries.locks()
+        rows = []
+        for workflow in loaded.values():
+            state = ui.queries.trigger_state(workflow.id)
+            dues = [next_due(t, state.get(t.key), now) for t in workflow.triggers]
+            rows.append(
+                {
+                    "workflow": workflow,
+                    "dues": dues,
+                    "last_run": ui.queries.last_run(workflow.id),
+                    "running": locks.get(workflow.id),
+                }
+            )
+        return ui.page(request, "workflows.html", rows=rows, problems=problems, actions=list(ui.actions))
+
+    def workflow_page(request: Request) -> Response:
+        workflow_id = request.path_params["workflow_id"]
+        loaded, _ = ui.workflows()
+        workflow = loaded.get(workflow_id)
+        if workflow is None:
+            raise HTTPException(404, f"no workflow {workflow_id!r} in this project; the list is at /")
+        state = ui.queries.trigger_state(workflow.id)
+        now = dt.datetime.now(dt.UTC)
+        runs, total = ui.queries.runs_page(RunFilter(workflow=workflow.id), 1, 20)
+        points = ui.queries.cost_points(workflow.id)
+        root = project.root
+        steps = [
+            {
+                "spec": step,
+                "sql_at": f"{_relative(step.sql_origin[0], root)}:{step.sql_origin[1]}"
+                if step.sql_origin
+                else None,
+            }
+            for step in workflow.steps
+        ]
+        backfills = [b for b in ui.queries.backfills() if b.get("workflow") == workflow.id]
+        return ui.page(
+            request,
+            "workflow.html",
+            workflow=workflow,
+            workflow_file=_relative(workflow.path, root),
+            steps=steps,
+            dues=[next_due(t, state.get(t.key), now) for t in workflow.triggers],
+            runs=runs,
+            total_runs=total,
+            rows_chart=_rows_chart(points),
+            cpu_chart=_cpu_chart(points),
+            has_lookback=any(p["lookback_rows_estimate"] is not None for p in points),
+            backfills=backfills,
+            actions=[a for a in ui.actions if workflow.id in a.what],
+        )
+
+    def runs_page(request: Request) -> Response:
+        query = request.query_params
+        where = RunFilter(
+            workflow=query.get("workflow") or None,
+            status=query.get("status") or None,
+            trigger=query.get("trigger") or None,
+        )
+        page = _positive_int(query.get("page"), 1)
+        rows, total = ui.queries.runs_page(where, page)
+        pages = max(1, -(-total // PAGE_SIZE))
+        kept = {
+            k: v
+            for k, v in (("workflow", where.workflow), ("status", where.status), ("trigger", where.trigger))
+            if v
+        }
+        return ui.page(
+            request,
+            "runs.html",
+            runs=rows,
+            total=total,
+            page=page,
+            pages=pages,
+            where=where,
+            workflows=ui.queries.run_workflows(),
+            statuses=RUN_STATUSES,
+            triggers=TRIGGER_KINDS,
+            prev_url=f"/runs?{urlencode({**kept, 'page': page - 1})}" if page > 1 else None,
+            next_url=f"/runs?{urlencode({**kept, 'page': page + 1})}" if page < pages else None,
+        )
+
+    def run_page(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        run = ui.queries.run(run_id)
+        if run is None:
+            raise HTTPException(
+                404, f"no run {run_id!r} in this project's state store; the runs are at /runs"
+            )
+        loaded, _ = ui.workflows()
+        workflow = loaded.get(run["workflow"])
+        sql_at = {}
+        if workflow is not None:
+            for step in workflow.steps:
+                if step.sql_origin:
+                    sql_at[step.id] = f"{_relative(step.sql_origin[0], project.root)}:{step.sql_origin[1]}"
+        steps = ui.queries.steps(run_id)
+        for row in steps:
+            metrics = row["metrics"]
+            row["other_metrics"] = {k: v for k, v in metrics.items() if k not in STEP_METRICS_SHOWN}
+            row["inputs"] = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
+        return ui.page(
+            request,
+            "run.html",
+            run=run,
+            steps=steps,
+            sql_at=sql_at,
+            workflow_file=_relative(workflow.path, project.root) if workflow else None,
+            restarts=ui.queries.restarts_of(run_id),
+            restartable=run["status"] in {s.value for s in RESTARTABLE} and workflow is not None,
+        )
+
+    def tables_page(request: Request) -> Response:
+        from calve.catalog import load_table
+        from calve.ui.tables import snapshot_rows
+
+        loaded, problems = ui.workflows()
+        roles = _table_roles(loaded, ui.queries.checkpoints())
+        rows = []
+        for name in sorted(roles):
+            try:
+                table = load_table(project.catalog, name)
+            except CalveError:
+                rows.append({"name": name, "roles": roles[name], "exists": False})
+                continue
+            snapshots = snapshot_rows(table, limit=1)
+            rows.append(
+                {
+                    "name": name,
+                    "roles": roles[name],
+                    "exists": True,
+                    "snapshots": len(table.metadata.snapshots),
+                    "current": snapshots[0] if snapshots else None,
+                }
+            )
+        return ui.page(request, "tables.html", tables=rows, problems=problems)
+
+    def table_page(request: Request) -> Response:
+        from calve.catalog import load_table
+        from calve.ui.lateness import event_time_columns, manifest_lateness
+        from calve.ui.tables import consumer_lag, snapshot_rows
+
+        name = request.path_params["name"]
+        try:
+            table = load_table(project.catalog, name)
+        except CalveError as exc:
+            raise HTTPException(404, f"{exc}; the project's tables are at /tables") from None
+        checkpoints = ui.queries.checkpoints()
+        consumers = []
+        for checkpoint in checkpoints:
+            if checkpoint["source_table"] == name:
+                consumers.append({**checkpoint, "lag": consumer_lag(table, checkpoint["snapshot_id"])})
+        loaded, _ = ui.workflows()
+        candidates = event_time_columns(table)
+        column = request.query_params.get("column") or _event_time_column(loaded, name, candidates)
+        lateness, lateness_error = [], None
+        if column:
+            try:
+                lateness = manifest_lateness(table, column)
+            except CalveError as exc:
+                lateness_error = str(exc)
+        files = [f for snap in lateness for f in snap.files]
+        lateness_chart = svg.chart(
+            [
+                svg.Series(
+                    "oldest event of a file",
+                    [(f.committed_at, f.max_lateness_s) for f in files],
+                    "series-a",
+                    False,
+                ),
+                svg.Series(
+                    "newest event of a file",
+                    [(f.committed_at, f.min_lateness_s) for f in files],
+                    "series-b",
+                    False,
+                ),
+            ],
+            title=f"lateness of {column} at commit, per added file" if column else "lateness",
+            y_label="late by",
+            y_format=svg.duration_label,
+        )
+        return ui.page(
+            request,
+            "table.html",
+            name=name,
+            table=table,
+            snapshots=snapshot_rows(table),
+            snapshot_count=len(table.metadata.snapshots),
+            commits=ui.queries.step_commits(name),
+            consumers=consumers,
+            checkpoints_into=[c for c in checkpoints if c["target_table"] == name],
+            column=column,
+            columns=candidates,
+            lateness=lateness,
+            lateness_error=lateness_error,
+            lateness_chart=lateness_chart,
+        )
+
+    def lineage_page(request: Request) -> Response:
+        loaded, problems = ui.workflows()
+        graph = svg.Graph()
+        for workflow in loaded.values():
+            last = ui.queries.last_run(workflow.id)
+            key = f"workflow:{workflow.id}"
+            graph.add(
+                svg.Node(
+                    key, workflow.id, "workflow", f"/workflows/{workflow.id}", last["status"] if last else ""
+                )
+            )
+            for table in sorted(workflow.source_tables):
+                graph.add(svg.Node(f"table:{table}", table, "table", f"/tables/{table}"))
+                graph.edges.add((f"table:{table}", key))
+            for table in sorted(workflow.output_tables):
+                graph.add(svg.Node(f"table:{table}", table, "table", f"/tables/{table}"))
+                graph.edges.add((key, f"table:{table}"))
+        return ui.page(request, "lineage.html", graph=svg.lineage(graph), problems=problems)
+
+    def backfills_page(request: Request) -> Response:
+        return ui.page(request, "backfills.html", backfills=ui.queries.backfills())
+
+    def backfill_page(request: Request) -> Response:
+        backfill_id = request.path_params["backfill_id"]
+        backfill = ui.queries.backfill(backfill_id)
+        if backfill is None:
+            raise HTTPException(404, f"no backfill {backfill_id!r}; the backfills are at /backfills")
+        chunks = ui.queries.backfill_chunks(backfill_id)
+        done = sum(1 for c in chunks if c.get("status") in ("succeeded", "skipped"))
+        return ui.page(request, "backfill.html", backfill=backfill, chunks=chunks, done=done)
+
+    async def run_now(request: Request) -> Response:
+        refused = await _refuse(request, ui)
+        if refused is not None:
+            return refused
+        workflow_id = request.path_params["workflow_id"]
+        loaded, _ = ui.workflows()
+        workflow = loaded.get(workflow_id)
+        if workflow is None:
+            raise HTTPException(404, f"no workflow {workflow_id!r} in this project; the list is at /")
+
+        def work() -> str:
+            from calve.workflows.runner import Runner
+
+            result = Runner.for_project(project).run(workflow, trigger="manual")
+            return f"run {result.run.run_id} {result.status.value}" if result else "nothing ran"
+
+        ui.start(f"run {workflow.id}", work)
+        return RedirectResponse(f"/workflows/{workflow.id}", status_code=303)
+
+    async def restart(request: Request) -> Response:
+        refused = await _refuse(request, ui)
+        if refused is not None:
+            return refused
+        run_id = request.path_params["run_id"]
+        run = ui.queries.run(run_id)
+        if run is None:
+            raise HTTPException(
+                404, f"no run {run_id!r} in this project's state store; the runs are at /runs"
+            )
+        if run["status"] not in {s.value for s in RESTARTABLE}:
+            raise HTTPException(
+                409, f"run {run_id} is {run['status']}: only a failed or cancelled run restarts"
+            )
+        loaded, _ = ui.workflows()
+        workflow = loaded.get(run["workflow"])
+        if workflow is None:
+            raise HTTPException(
+                404, f"workflow {run['workflow']!r} of run {run_id} is no longer in this project"
+            )
+
+        def work() -> str:
+            from calve.workflows.runner import Runner
+
+            result = Runner.for_project(project).run(workflow, restart_of=run_id)
+            return f"run {result.run.run_id} {result.status.value}" if result else "nothing ran"
+
+        ui.start(f"restart {run_id} of {workflow.id}", work)
+        return RedirectResponse(f"/workflows/{workflow.id}", status_code=303)
+
+    def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return ui.page(
+            request, "error.html", status_code=exc.status_code, status=exc.status_code, message=exc.detail
+        )
+
+    async def calve_error(request: Request, exc: Exception) -> Response:
+        return ui.page(request, "error.html", status_code=500, status=500, message=str(exc))
+
+    routes = [
+        Route("/", workflows_page),
+        Route("/workflows/{workflow_id}", workflow_page),
+        Route("/workflows/{workflow_id}/run", run_now, methods=["POST"]),
+        Route("/runs", runs_page),
+        Route("/runs/{run_id}", run_page),
+        Route("/runs/{run_id}/restart", restart, methods=["POST"]),
+        Route("/tables", tables_page),
+        Route("/tables/{name}", table_page),
+        Route("/lineage", lineage_page),
+        Route("/backfills", backfills_page),
+        Route("/backfills/{backfill_id}", backfill_page),
+        Route("/healthz", healthz),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, CalveError: calve_error})
+    app.state.ui = ui
+    return app
+
+
+async def _refuse(request: Request, ui: UI) -> Response | None:
+    """Why an action request is refused (403), or None: read-only server, cross-site, bad token."""
+    if not ui.allow_actions:
+        return PlainTextResponse(READ_ONLY, status_code=403)
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if (origin is not None and origin != own) or request.headers.get("sec-fetch-site") == "cross-site":
+        return PlainTextResponse(
+            f"refused: a request from another site ({origin or 'cross-site'}) cannot start runs; use the "
+            "buttons of this UI's own pages",
+            status_code=403,
+        )
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    token = (form.get("token") or [""])[0]
+    if not hmac.compare_digest(token.encode(), ui.token.encode()):
+        return PlainTextResponse(
+            "refused: the form token is missing or stale (the server restarted?): reload the page and "
+            "try again",
+            status_code=403,
+        )
+    return None
+
+
+def _table_roles(workflows: dict[str, Workflow], checkpoints: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every table the project knows, with what it is to whom ("read by W", "written by W", ...)."""
+    roles: dict[str, list[str]] = collections.defaultdict(list)
+    for workflow in workflows.values():
+        for table in sorted(workflow.source_tables):
+            roles[table].append(f"read by {workflow.id}")
+        for table in sorted(workflow.output_tables):
+            roles[table].append(f"written by {workflow.id}")
+    for checkpoint in checkpoints:
+        roles.setdefault(checkpoint["source_table"], [])
+        roles.setdefault(checkpoint["target_table"], [])
+    return dict(roles)
+
+
+def _event_time_column(workflows: dict[str, Workflow], table: str, candidates: list[str]) -> str | None:
+    """The column a workflow reads the table's change ranges of (its event time), else the first
+    date or timestamp column."""
+    for workflow in workflows.values():
+        for step in workflow.steps:
+            for spec in step.inputs:
+                if spec.table == table:
+                    for column in spec.ranges:
+                        if column in candidates:
+                            return column
+    return candidates[0] if candidates else None
+
+
+def _rows_chart(points: list[dict[str, Any]]) -> Markup:
+    lookback = [
+        (p["at"], p["lookback_rows_estimate"]) for p in points if p["lookback_rows_estimate"] is not None
+    ]
+    return svg.chart(
+        [
+            svg.Series("calve: rows read", [(p["at"], p["rows_read"]) for p in points], "series-a"),
+            svg.Series("lookback estimate: rows read", lookback, "series-b"),
+        ],
+        title="rows read per run: calve against the lookback estimate",
+        y_label="rows",
+    )
+
+
+def _cpu_chart(points: list[dict[str, Any]]) -> Markup:
+    return svg.chart(
+        [svg.Series("CPU seconds", [(p["at"], p["cpu_s"]) for p in points], "series-a")],
+        title="CPU seconds per run",
+        y_label="CPU s",
+        y_format=svg.duration_label,
+    )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _positive_int(text: str | None, default: int) -> int:
+    try:
+        return max(1, int(text or default))
+    except ValueError:
+        return default
+
+
+# ---- template filters -------------------------------------------------------------------------
+
+
+def format_time(value: Any) -> str:
+    """Epoch seconds (or a datetime) as `YYYY-MM-DD HH:MM:SS` UTC; "" for nothing."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return dt.datetime.fromtimestamp(float(value), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(value)
+
+
+def format_duration(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return ""
+    return svg.duration_label(float(value)) if value >= 60 else f"{value:.2f}s"
+
+
+def format_number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else str(value)
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3f}"
+
+
+def format_bytes(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "" if value is None else str(value)
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+def first_line(value: Any, width: int = 100) -> str:
+    if not value:
+        return ""
+    line = str(value).splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def mark_file_lines(text: Any) -> Markup:
+    """An error message, escaped, with each workflow `file:line` in it wrapped in <code class=file-line>."""
+    escaped = str(escape(str(text or "")))
+    return Markup(FILE_LINE.sub(lambda m: f'<code class="file-line">{m.group(0)}</code>', escaped))
