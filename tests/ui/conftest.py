@@ -7,9 +7,17 @@ not exist (its error names workflows/broken.yaml and the line). Built once per t
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +122,112 @@ def build_ui_project(root: Path) -> UiProject:
 @pytest.fixture(scope="module")
 def ui_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProject]:
     yield build_ui_project(tmp_path_factory.mktemp("ui") / "project")
+
+
+# ---- a real `calve ui` server and a real headless chromium ----------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; never `playwright install` (no downloads)
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require_browser() -> None:
+    """Skip (locally) or fail (in CI, where .ci/run installs chromium) without chromium and playwright."""
+    problem = None
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium)"
+    elif importlib.util.find_spec("playwright") is None:
+        problem = "playwright is not installed (pip install -e '.[dev]')"
+    if problem is None:
+        return
+    if in_ci():
+        pytest.fail(f"browser tests must run in CI (CI=true), but {problem}")
+    pytest.skip(f"browser test skipped: {problem}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """`calve ui` running as a subprocess on 127.0.0.1."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_server(root: Path, *extra: str) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("CALVE_HOME", "CALVE_PROJECT")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "calve", "--project", str(root), "ui", "--port", str(port), *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"calve ui exited with {process.returncode}: {process.stderr.read().decode()}"
+            )  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return Server(process, url)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"calve ui did not answer on {url} within 60s")
+
+
+@pytest.fixture(scope="module")
+def server(ui_project: UiProject) -> Iterator[Server]:
+    require_browser()
+    running = start_server(ui_project.root)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context()
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    yield tab
+    context.close()
