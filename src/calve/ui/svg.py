@@ -46,12 +46,18 @@ def time_label(value: float) -> str:
     return dt.datetime.fromtimestamp(value, UTC).strftime("%m-%d %H:%M")
 
 
+def time_labels(span_s: float) -> Callable[[float], str]:
+    """Time labels (UTC) precise enough to tell apart the ticks of an axis spanning `span_s`."""
+    pattern = "%H:%M:%S" if span_s < 600 else "%m-%d %H:%M" if span_s < 14 * 86400 else "%Y-%m-%d"
+    return lambda value: dt.datetime.fromtimestamp(value, UTC).strftime(pattern)
+
+
 def chart(
     series: Iterable[Series],
     *,
     title: str,
     y_label: str,
-    x_format: Callable[[float], str] = time_label,
+    x_format: Callable[[float], str] | None = None,  # default: times, as precise as the span needs
     y_format: Callable[[float], str] = number_label,
     width: int = 760,
     height: int = 260,
@@ -75,6 +81,8 @@ def chart(
     x_low, x_high = min(xs), max(xs)
     if x_high == x_low:
         x_low, x_high = x_low - 1, x_high + 1
+    if x_format is None:
+        x_format = time_labels(x_high - x_low)
     y_low, y_high = min(0.0, min(ys)), max(ys)
     if y_high == y_low:
         y_high = y_low + 1
