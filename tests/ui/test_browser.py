@@ -7,6 +7,7 @@ tests skip without it; in CI (CI=true) they fail instead. One server and one bro
 
 from __future__ import annotations
 
+import http.client
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +105,12 @@ def test_read_only_server_shows_no_actions_and_refuses_a_post(page: Any, server:
     assert page.locator("#run-now").count() == 0
     answer = page.request.post(server.url + "/workflows/copy/run", form={"token": "x"})
     assert answer.status == 403 and "read-only" in answer.text()
+    # a DNS name re-pointed at 127.0.0.1 (rebinding) gets no page, so no form token either
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/workflows/copy", headers={"Host": f"evil.example:{port}"})
+    assert connection.getresponse().status == 400
+    connection.close()
     page.goto(server.url + "/lineage")
     page.locator('[data-node="workflow:daily"]').click()
     assert page.locator("#workflow-id").inner_text() == "daily"

@@ -51,10 +51,14 @@ def ui(ctx: Context, host: str, port: int, allow_actions: bool, out: Output) -> 
     require_server()
     import uvicorn
 
-    from calve.ui.app import create_app
+    from calve.ui.app import LOOPBACK_HOSTS, create_app
 
     project = ctx.project
-    app = create_app(project, allow_actions=allow_actions)
+    loopback = _loopback(host)
+    # on loopback, answer only loopback Host names: a rebinding DNS name gets nothing (starlette's
+    # host check cannot parse a bracketed IPv6 Host, so an IPv6 address goes without it)
+    guarded = loopback and ":" not in host
+    app = create_app(project, allow_actions=allow_actions, allowed_hosts=LOOPBACK_HOSTS if guarded else None)
     where = f"[{host}]" if ":" in host else host
     mode = (
         "actions allowed (run now, restart)"
@@ -62,7 +66,7 @@ def ui(ctx: Context, host: str, port: int, allow_actions: bool, out: Output) -> 
         else "read-only (--allow-actions to run workflows)"
     )
     out.progress(f"calve ui: project {project.root} at http://{where}:{port}/, {mode}; Ctrl-C stops it")
-    if not _loopback(host):
+    if not loopback:
         out.progress(
             f"warning: listening on {host}: anyone who can reach this machine sees the project's runs and "
             "tables (there is no login); use --host 127.0.0.1 unless the network is trusted"

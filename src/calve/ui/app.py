@@ -28,7 +28,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -52,6 +54,7 @@ from calve.ui.schedule import next_due
 from calve.workflows.model import Workflow
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 RUN_STATUSES = tuple(status.value for status in RunStatus)
 TRIGGER_KINDS = ("manual", "cron", "interval", "incremental", "recovery", "retry", "backfill", "demo")
 READ_ONLY = (
@@ -155,8 +158,15 @@ class UI:
         threading.Thread(target=target, name=f"calve-ui {what}", daemon=True).start()
 
 
-def create_app(project: Project, *, allow_actions: bool = False) -> Starlette:
-    """The Starlette application of `calve ui` for `project` (read-only unless `allow_actions`)."""
+def create_app(
+    project: Project, *, allow_actions: bool = False, allowed_hosts: Sequence[str] | None = None
+) -> Starlette:
+    """The Starlette application of `calve ui` for `project` (read-only unless `allow_actions`).
+
+    `allowed_hosts`: the only Host headers answered (None: any). `calve ui` on a loopback address
+    passes its loopback names, so that a site whose DNS name is re-pointed at 127.0.0.1 (DNS
+    rebinding) can neither read the pages nor take a form token from them.
+    """
     ui = UI(project, allow_actions)
 
     def workflows_page(request: Request) -> Response:
@@ -467,7 +477,14 @@ def create_app(project: Project, *, allow_actions: bool = False) -> Starlette:
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, CalveError: calve_error})
+    middleware = (
+        [] if allowed_hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
+    )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: http_error, CalveError: calve_error},
+    )
     app.state.ui = ui
     return app
 
