@@ -91,6 +91,17 @@ def test_run_page_shows_steps_snapshot_ranges_metrics_and_escaped_params(
     assert str(metrics.committed_snapshot_id) in page.text
     assert f'<span class="rows-read">{metrics.rows_read:,}</span>' in page.text
     assert metrics.icdc_tables["events"] in page.text
+    # the change set, from the table's metadata: the snapshots after the checkpoint up to the pin
+    events = ui_project.project.catalog.load_table("shop.events")
+    assert read.to_snapshot_id is not None
+    snapshot = events.snapshot_by_id(read.to_snapshot_id)
+    assert snapshot is not None and snapshot.parent_snapshot_id == read.from_snapshot_id
+    change_set = re.search(
+        r'<details class="change-set" data-input="events" open>(.*?)</details>', page.text, re.S
+    )
+    assert change_set is not None and "change set of events: 1 snapshot(s)" in change_set.group(1)
+    assert f'<td class="snapshot">{read.to_snapshot_id}</td>' in change_set.group(1)
+    assert f"{int(snapshot.summary['added-records']):,}" in change_set.group(1)  # type: ignore[index]
     run = state.run(ui_project.hostile)
     assert run is not None
     for table, snapshot in run.pins.items():

@@ -269,10 +269,16 @@ def create_app(
                 if step.sql_origin:
                     sql_at[step.id] = f"{_relative(step.sql_origin[0], project.root)}:{step.sql_origin[1]}"
         steps = ui.queries.steps(run_id)
+        tables = _TableCache(project)
         for row in steps:
             metrics = row["metrics"]
             row["other_metrics"] = {k: v for k, v in metrics.items() if k not in STEP_METRICS_SHOWN}
             row["inputs"] = metrics.get("inputs") if isinstance(metrics.get("inputs"), dict) else {}
+            row["change_sets"] = {
+                alias: tables.change_set(read)
+                for alias, read in row["inputs"].items()
+                if isinstance(read, dict) and read.get("snapshots") and read.get("to_snapshot_id") is not None
+            }
         return ui.page(
             request,
             "run.html",
@@ -510,6 +516,30 @@ async def _refuse(request: Request, ui: UI) -> Response | None:
             status_code=403,
         )
     return None
+
+
+class _TableCache:
+    """Tables loaded once per page (a step's inputs often share one), for their change sets."""
+
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.loaded: dict[str, Any] = {}
+
+    def change_set(self, read: dict[str, Any]) -> list[Any] | None:
+        """The snapshots an input's change set held (from the table's metadata), or None if gone."""
+        from calve.catalog import load_table
+        from calve.ui.tables import change_set_rows
+
+        name = str(read.get("table"))
+        if name not in self.loaded:
+            try:
+                self.loaded[name] = load_table(self.project.catalog, name)
+            except CalveError:
+                self.loaded[name] = None
+        table = self.loaded[name]
+        if table is None:
+            return None
+        return change_set_rows(table, read.get("from_snapshot_id"), int(read["to_snapshot_id"]))
 
 
 def _table_roles(workflows: dict[str, Workflow], checkpoints: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -53,6 +53,22 @@ def snapshot_rows(table: Table, limit: int = 100) -> list[SnapshotRow]:
     return [_row(s) for s in ancestry(table)[:limit]]
 
 
+def change_set_rows(
+    table: Table, from_snapshot_id_exclusive: int | None, to_snapshot_id_inclusive: int
+) -> list[SnapshotRow] | None:
+    """The snapshots of a change set, newest first; None if they are no longer all in the metadata
+    (expired) or `from` is not an ancestor of `to`."""
+    by_id = {s.snapshot_id: s for s in table.metadata.snapshots}
+    rows: list[SnapshotRow] = []
+    snapshot = by_id.get(to_snapshot_id_inclusive)
+    while snapshot is not None and snapshot.snapshot_id != from_snapshot_id_exclusive:
+        rows.append(_row(snapshot))
+        parent = snapshot.parent_snapshot_id
+        snapshot = by_id.get(parent) if parent is not None else None
+    complete = snapshot is not None or from_snapshot_id_exclusive is None
+    return rows if complete and rows else None
+
+
 def consumer_lag(table: Table, checkpoint_snapshot_id: int | None) -> Lag:
     """How many data-changing snapshots (and records) of `table` came after the checkpoint."""
     line = ancestry(table)
