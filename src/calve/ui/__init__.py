@@ -5,7 +5,9 @@
     lateness.py    how late data arrives, from commit times and manifest bounds (no data read)
     schedule.py    when each trigger is next due
     svg.py         server-rendered plots and the lineage graph, as inline SVG
-    app.py         the Starlette application: routes, templates, actions
+    formatting.py  how templates write times, durations, numbers, sizes and error messages
+    actions.py     run now and restart: who may start one (flag, origin, form token), outcomes
+    app.py         the Starlette application: routes and templates
 
 The server's libraries (starlette, jinja2, uvicorn) are an optional extra, imported only when the
 UI starts: `calve --help` and every other command never load them. `require_server()` fails with

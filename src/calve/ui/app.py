@@ -23,19 +23,14 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import hmac
-import re
 import secrets
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -49,6 +44,15 @@ from calve.errors import CalveError, ProblemsError
 from calve.project import Project
 from calve.state.records import RESTARTABLE, RunStatus
 from calve.ui import svg
+from calve.ui.actions import ActionLog, refusal
+from calve.ui.formatting import (
+    first_line,
+    format_bytes,
+    format_duration,
+    format_number,
+    format_time,
+    mark_file_lines,
+)
 from calve.ui.queries import PAGE_SIZE, RunFilter, StateQueries
 from calve.ui.schedule import next_due
 from calve.workflows.model import Workflow
@@ -57,10 +61,6 @@ STATIC = Path(__file__).parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 RUN_STATUSES = tuple(status.value for status in RunStatus)
 TRIGGER_KINDS = ("manual", "cron", "interval", "incremental", "recovery", "retry", "backfill", "demo")
-READ_ONLY = (
-    "this calve UI is read-only: actions (run now, restart) are off. Start it with "
-    "`calve ui --allow-actions` to allow them"
-)
 # metrics a step page shows in its own places; any other key is listed as is
 STEP_METRICS_SHOWN = {
     "inputs",
@@ -85,17 +85,6 @@ STEP_METRICS_SHOWN = {
     "strategy",
     "reason",
 }
-# a workflow file and line in an error message: workflows/daily.yaml:12, stage1.sql:3
-FILE_LINE = re.compile(r"[\w./-]+\.(?:ya?ml|sql|py):\d+")
-
-
-@dataclass(frozen=True)
-class Action:
-    """What an action started from the UI did (the last ones are shown on the workflows page)."""
-
-    at: float
-    what: str
-    outcome: str
 
 
 class UI:
@@ -107,8 +96,7 @@ class UI:
         project.state  # noqa: B018 -- opens (and migrates) the store once, before any read-only query
         self.queries = StateQueries(project.settings.state)
         self.token = secrets.token_urlsafe(24)  # the form token of this process: a new one per start
-        self.actions: collections.deque[Action] = collections.deque(maxlen=20)
-        self._lock = threading.Lock()
+        self.actions = ActionLog()
         self.templates = Environment(
             loader=PackageLoader("calve.ui", "templates"),
             autoescape=select_autoescape(["html"], default=True),
@@ -138,25 +126,6 @@ class UI:
         except ProblemsError as exc:
             return {}, list(exc.problems)
 
-    def record(self, what: str, outcome: str) -> None:
-        with self._lock:
-            self.actions.appendleft(Action(time.time(), what, outcome))
-
-    def start(self, what: str, work: Callable[[], str]) -> None:
-        """Run `work` in a background thread; its outcome (or error) is recorded as an action."""
-
-        def target() -> None:
-            try:
-                outcome = work()
-            except CalveError as exc:
-                outcome = f"error: {exc}"
-            except Exception as exc:  # the thread must not die silently: say what happened
-                outcome = f"error: {type(exc).__name__}: {exc}"
-            self.record(what, outcome)
-
-        self.record(what, "started")
-        threading.Thread(target=target, name=f"calve-ui {what}", daemon=True).start()
-
 
 def create_app(
     project: Project, *, allow_actions: bool = False, allowed_hosts: Sequence[str] | None = None
@@ -185,7 +154,7 @@ def create_app(
                     "running": locks.get(workflow.id),
                 }
             )
-        return ui.page(request, "workflows.html", rows=rows, problems=problems, actions=list(ui.actions))
+        return ui.page(request, "workflows.html", rows=rows, problems=problems, actions=ui.actions.recent())
 
     def workflow_page(request: Request) -> Response:
         workflow_id = request.path_params["workflow_id"]
@@ -221,7 +190,7 @@ def create_app(
             cpu_chart=_cpu_chart(points),
             has_lookback=any(p["lookback_rows_estimate"] is not None for p in points),
             backfills=backfills,
-            actions=[a for a in ui.actions if workflow.id in a.what],
+            actions=[a for a in ui.actions.recent() if workflow.id in a.what],
         )
 
     def runs_page(request: Request) -> Response:
@@ -408,7 +377,7 @@ def create_app(
         return ui.page(request, "backfill.html", backfill=backfill, chunks=chunks, done=done)
 
     async def run_now(request: Request) -> Response:
-        refused = await _refuse(request, ui)
+        refused = await refusal(request, ui.allow_actions, ui.token)
         if refused is not None:
             return refused
         workflow_id = request.path_params["workflow_id"]
@@ -423,11 +392,11 @@ def create_app(
             result = Runner.for_project(project).run(workflow, trigger="manual")
             return f"run {result.run.run_id} {result.status.value}" if result else "nothing ran"
 
-        ui.start(f"run {workflow.id}", work)
+        ui.actions.start(f"run {workflow.id}", work)
         return RedirectResponse(f"/workflows/{workflow.id}", status_code=303)
 
     async def restart(request: Request) -> Response:
-        refused = await _refuse(request, ui)
+        refused = await refusal(request, ui.allow_actions, ui.token)
         if refused is not None:
             return refused
         run_id = request.path_params["run_id"]
@@ -453,7 +422,7 @@ def create_app(
             result = Runner.for_project(project).run(workflow, restart_of=run_id)
             return f"run {result.run.run_id} {result.status.value}" if result else "nothing ran"
 
-        ui.start(f"restart {run_id} of {workflow.id}", work)
+        ui.actions.start(f"restart {run_id} of {workflow.id}", work)
         return RedirectResponse(f"/workflows/{workflow.id}", status_code=303)
 
     def healthz(request: Request) -> Response:
@@ -493,29 +462,6 @@ def create_app(
     )
     app.state.ui = ui
     return app
-
-
-async def _refuse(request: Request, ui: UI) -> Response | None:
-    """Why an action request is refused (403), or None: read-only server, cross-site, bad token."""
-    if not ui.allow_actions:
-        return PlainTextResponse(READ_ONLY, status_code=403)
-    origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if (origin is not None and origin != own) or request.headers.get("sec-fetch-site") == "cross-site":
-        return PlainTextResponse(
-            f"refused: a request from another site ({origin or 'cross-site'}) cannot start runs; use the "
-            "buttons of this UI's own pages",
-            status_code=403,
-        )
-    form = parse_qs((await request.body()).decode("utf-8", "replace"))
-    token = (form.get("token") or [""])[0]
-    if not hmac.compare_digest(token.encode(), ui.token.encode()):
-        return PlainTextResponse(
-            "refused: the form token is missing or stale (the server restarted?): reload the page and "
-            "try again",
-            status_code=403,
-        )
-    return None
 
 
 class _TableCache:
@@ -604,54 +550,3 @@ def _positive_int(text: str | None, default: int) -> int:
         return max(1, int(text or default))
     except ValueError:
         return default
-
-
-# ---- template filters -------------------------------------------------------------------------
-
-
-def format_time(value: Any) -> str:
-    """Epoch seconds (or a datetime) as `YYYY-MM-DD HH:MM:SS` UTC; "" for nothing."""
-    if value is None or value == "":
-        return ""
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    try:
-        return dt.datetime.fromtimestamp(float(value), dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return str(value)
-
-
-def format_duration(value: Any) -> str:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return ""
-    return svg.duration_label(float(value)) if value >= 60 else f"{value:.2f}s"
-
-
-def format_number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "" if value is None else str(value)
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.3f}"
-
-
-def format_bytes(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "" if value is None else str(value)
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
-def first_line(value: Any, width: int = 100) -> str:
-    if not value:
-        return ""
-    line = str(value).splitlines()[0]
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def mark_file_lines(text: Any) -> Markup:
-    """An error message, escaped, with each workflow `file:line` in it wrapped in <code class=file-line>."""
-    escaped = str(escape(str(text or "")))
-    return Markup(FILE_LINE.sub(lambda m: f'<code class="file-line">{m.group(0)}</code>', escaped))
