@@ -17,7 +17,7 @@ from calve.ui import svg
 from calve.ui.lateness import event_time_columns, manifest_lateness
 from calve.ui.schedule import next_due
 from calve.workflows.model import TriggerKind, TriggerSpec
-from tests.conftest import ICEBERG_EVENTS, events
+from tests.conftest import ICEBERG_EVENTS, ProjectFactory, events
 
 UTC = dt.UTC
 
@@ -106,3 +106,19 @@ def test_lineage_layers_follow_the_edges_and_survive_a_cycle() -> None:
     graph.edges.add(("workflow:v", "table:a"))  # a cycle of tables
     assert sorted(k for layer in graph.layers() for k in layer) == sorted(graph.nodes)
     assert "<svg" in svg.lineage(graph)
+
+
+def test_pages_of_a_project_with_an_invalid_workflow_file_list_its_problems(
+    project_with: ProjectFactory,
+) -> None:
+    from starlette.testclient import TestClient
+
+    from calve.ui.app import create_app
+
+    project = project_with(bad="id: bad\nsteps:\n  - id: one\n    sql: SELEC 1\n")
+    with TestClient(create_app(project)) as client:
+        for path in ("/", "/tables", "/lineage"):
+            page = client.get(path)
+            assert page.status_code == 200
+            assert "workflow files have problems" in page.text and "workflows/bad.yaml:4" in page.text
+        assert "No runs" in client.get("/runs").text
