@@ -34,15 +34,19 @@ def project_with(tmp_path: Path) -> ProjectFactory:
     """A factory of projects in tmp_path/project: `project_with(name=YAML, ..., settings=CALVE_YAML)`."""
 
     def make(settings: str | None = None, **workflows: str) -> Project:
-        root = tmp_path / "project"
-        init_project(root, example=False)
-        if settings is not None:
-            (root / "calve.yaml").write_text(textwrap.dedent(settings))
-        for name, text in workflows.items():
-            (root / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
-        return Project(root)
+        return make_project(tmp_path / "project", settings, **workflows)
 
     return make
+
+
+def make_project(root: Path, settings: str | None = None, **workflows: str) -> Project:
+    """A project in `root` with these workflow files (what `project_with` builds; for wider scopes)."""
+    init_project(root, example=False)
+    if settings is not None:
+        (root / "calve.yaml").write_text(textwrap.dedent(settings))
+    for name, text in workflows.items():
+        (root / "workflows" / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return Project(root)
 
 
 @pytest.fixture

@@ -18,7 +18,17 @@ from calve.project import Project, init_project
 from calve.state import RunRecord, RunStatus
 from tests.shop import EVENTS, Shop, create_shop
 
-HEAVY = ("pyiceberg", "pyarrow", "duckdb", "calve.workflows.runner", "calve.state.store", "rich.table")
+HEAVY = (
+    "pyiceberg",
+    "pyarrow",
+    "duckdb",
+    "calve.workflows.runner",
+    "calve.state.store",
+    "rich.table",
+    "starlette",  # the web UI's server libraries load only when `calve ui` serves
+    "jinja2",
+    "uvicorn",
+)
 
 # runs `calve ARGS` in a fresh interpreter and prints which heavy modules it had imported
 PROBE = """
@@ -40,7 +50,9 @@ def _imported_by(*args: str) -> list[str]:
     return list(json.loads(line.removeprefix("HEAVY=")))
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "--help"], ["changes", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--version"], ["--help"], ["run", "--help"], ["changes", "--help"], ["ui", "--help"]]
+)
 def test_version_and_help_import_no_engine_catalog_or_workflow_layer(args: list[str]) -> None:
     assert _imported_by(*args) == []
 
