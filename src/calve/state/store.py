@@ -25,6 +25,7 @@ from calve.state.records import (
     ACTIVE,
     CheckpointRecord,
     RunLock,
+    RunMetrics,
     RunRecord,
     RunStatus,
     StepMetrics,
@@ -143,8 +144,8 @@ class StateStore:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
                      logical_date, params, status, created_at, started_at, finished_at, pins, restart_of,
-                     host, pid, error, attempt, transient)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     host, pid, error, attempt, transient, metrics)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     run.run_id,
                     run.workflow,
@@ -164,6 +165,7 @@ class StateStore:
                     run.error,
                     run.attempt,
                     int(run.transient),
+                    json.dumps(run.metrics.to_dict(), sort_keys=True),
                 ),
             )
             if cursor.rowcount and run.trigger_slot is not None:
@@ -176,14 +178,21 @@ class StateStore:
             return bool(cursor.rowcount)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        allowed = {"status", "started_at", "finished_at", "pins", "host", "pid", "error", "transient"}
+        allowed = {
+            "status",
+            "started_at",
+            "finished_at",
+            "pins",
+            "host",
+            "pid",
+            "error",
+            "transient",
+            "metrics",
+        }
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update run fields {sorted(unknown)}")
-        values = {
-            k: (v.value if isinstance(v, RunStatus) else json.dumps(v, sort_keys=True) if k == "pins" else v)
-            for k, v in fields.items()
-        }
+        values = {k: _column_value(k, v) for k, v in fields.items()}
         assignments = ", ".join(f"{name} = ?" for name in values)  # names from the allow-list above
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
@@ -402,7 +411,19 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
         error=row[15],
         attempt=row[16],
         transient=bool(row[17]),
+        metrics=RunMetrics.from_dict(json.loads(row[18] or "{}")),
     )
+
+
+def _column_value(name: str, value: Any) -> Any:
+    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON."""
+    if isinstance(value, RunStatus):
+        return value.value
+    if isinstance(value, RunMetrics):
+        return json.dumps(value.to_dict(), sort_keys=True)
+    if name == "pins":
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def _end_run(db: sqlite3.Connection, run_id: str, status: RunStatus, error: str, now: float) -> None:

@@ -17,6 +17,7 @@ from pyiceberg.table import Table
 
 from calve.capture.changes import ChangeSet
 from calve.errors import CalveError
+from calve.observe.clock import phase
 from calve.state import MergeMetrics, StepMetrics
 from calve.workflows.filters import expression
 from calve.workflows.model import OutputSpec, StepSpec
@@ -43,6 +44,22 @@ def write_output(
     `deletes` are more keys to delete in a merge (a strategy step's vanished groups); `mode`
     overrides the output's write mode (a strategy step's recompute overwrites the whole table).
     """
+    with phase("write"):  # the catalog commit inside is timed as its own phase
+        return _write_output(catalog, step, output, consumer, target, changes, params, tables, deletes, mode)
+
+
+def _write_output(
+    catalog: Catalog,
+    step: StepSpec,
+    output: pa.Table,
+    consumer: Consumer,
+    target: Table | None,
+    changes: Mapping[str, ChangeSet],
+    params: Mapping[str, Any],
+    tables: Mapping[str, pa.Table],
+    deletes: pa.Table | None,
+    mode: WriteMode | None,
+) -> tuple[Table, StepMetrics]:
     spec = step.output
     assert spec is not None
     data, flagged = _split_deletes(step, spec, output)
