@@ -1,7 +1,8 @@
 """The `calve` command line: the click group, its global options, and `main`.
 
 Commands live in modules by concept — `table_commands` (changes, icdc, compact, snapshots,
-consumers), `workflow_commands` (init, validate, workflows, run, runs, scheduler) and `demo` — and
+consumers), `workflow_commands` (init, validate, workflows, run, runs, scheduler), `observe_commands`
+(lateness) and `demo` — and
 are imported only when click needs them (to run one, or to list them in `--help`). The arrows point
 one way: this module names the command modules; they import `calve.cli.context` and
 `calve.cli.output`, never this module. `calve --version` imports none of them.
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "run": "calve.cli.workflow_commands",
     "runs": "calve.cli.workflow_commands",
     "scheduler": "calve.cli.workflow_commands",
+    "lateness": "calve.cli.observe_commands",
 }
 
 
@@ -92,6 +94,7 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
       calve scheduler                     run workflows when their triggers fire
       calve changes db.events --since 42 --ranges event_time --json
       calve maintain db.events            compaction and snapshot expiry, invisible to consumers
+      calve lateness db.events --event-time day   how late rows arrive; what a lookback would miss
     """
     ctx.obj = Context(catalog_name, project_dir)
 
