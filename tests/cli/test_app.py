@@ -18,7 +18,15 @@ from calve.project import Project, init_project
 from calve.state import RunRecord, RunStatus
 from tests.shop import EVENTS, Shop, create_shop
 
-HEAVY = ("pyiceberg", "pyarrow", "duckdb", "calve.workflows.runner", "calve.state.store", "rich.table")
+HEAVY = (
+    "pyiceberg",
+    "pyarrow",
+    "duckdb",
+    "prometheus_client",
+    "calve.workflows.runner",
+    "calve.state.store",
+    "rich.table",
+)
 
 # runs `calve ARGS` in a fresh interpreter and prints which heavy modules it had imported
 PROBE = """
@@ -40,7 +48,17 @@ def _imported_by(*args: str) -> list[str]:
     return list(json.loads(line.removeprefix("HEAVY=")))
 
 
-@pytest.mark.parametrize("args", [["--version"], ["--help"], ["run", "--help"], ["changes", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["changes", "--help"],
+        ["scheduler", "--help"],
+        ["lateness", "--help"],
+    ],
+)
 def test_version_and_help_import_no_engine_catalog_or_workflow_layer(args: list[str]) -> None:
     assert _imported_by(*args) == []
 

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ from calve.state.records import (
     pid_alive,
 )
 from calve.state.schema import MIGRATIONS, STATE_VERSION
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """The runs of one workflow with one status, and the sums of what they did."""
+
+    workflow: str
+    status: str
+    runs: int
+    duration_s: float  # summed over the runs that finished (started_at to finished_at)
+    timed_runs: int  # runs with both times
+    cpu_s: float
+    rows_read: int
+    rows_written: int
 
 
 class StateStore:
@@ -260,6 +275,33 @@ class StateStore:
             )
             for r in rows
         ]
+
+    def run_totals(self) -> list[RunTotals]:
+        """Per workflow and status: runs, and the sums of their durations, CPU and rows (for /metrics)."""
+        with self._connect() as db:
+            rows = db.execute(
+                """SELECT workflow, status, count(*),
+                          coalesce(sum(finished_at - started_at), 0),
+                          count(finished_at - started_at),
+                          coalesce(sum(json_extract(metrics, '$.cpu_s')), 0),
+                          coalesce(sum(json_extract(metrics, '$.rows_read')), 0),
+                          coalesce(sum(json_extract(metrics, '$.rows_written')), 0)
+                   FROM runs GROUP BY workflow, status ORDER BY workflow, status"""
+            ).fetchall()
+        return [RunTotals(*row) for row in rows]
+
+    def newest_source_commits(self) -> dict[str, float]:
+        """Per output table: the newest source commit (epoch s) that a committed step's output includes."""
+        with self._connect() as db:
+            rows = db.execute(
+                """SELECT json_extract(metrics, '$.output') AS target,
+                          max(json_extract(metrics, '$.source_commit_at'))
+                   FROM step_runs
+                   WHERE status = 'succeeded' AND json_extract(metrics, '$.source_commit_at') IS NOT NULL
+                     AND target IS NOT NULL
+                   GROUP BY target"""
+            ).fetchall()
+        return {target: at for target, at in rows}
 
     def last_slot(self, workflow: str, trigger: str) -> tuple[str | None, float | None]:
         with self._connect() as db:
