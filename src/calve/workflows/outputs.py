@@ -8,6 +8,7 @@ stored), and committed by the step's consumer with the change sets the step proc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from pyiceberg.table import Table
 from calve.capture.changes import ChangeSet
 from calve.errors import CalveError
 from calve.observe.clock import phase
+from calve.observe.steps import output_skew
 from calve.state import MergeMetrics, StepMetrics
 from calve.workflows.filters import expression
 from calve.workflows.model import OutputSpec, StepSpec
@@ -77,6 +79,7 @@ def _write_output(
                 f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
             )
         data = data.sort_by([(c, "ascending") for c in spec.sort_by])
+    skew = output_skew(data, target)  # rows per partition, for the run metrics (calve.observe)
     by_table = list({cs.table: cs for cs in changes.values()}.values())  # each source once
     result = consumer.commit(
         target,
@@ -87,7 +90,7 @@ def _write_output(
         keys=spec.keys,
         deletes=deletes,
     )
-    return target, _metrics(spec, output.num_rows, result)
+    return target, replace(_metrics(spec, output.num_rows, result), skew=skew)
 
 
 def _split_deletes(step: StepSpec, spec: OutputSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:

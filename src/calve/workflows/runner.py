@@ -348,6 +348,7 @@ class Runner:
             cpu_started=result.cpu_started,
             finished_at=finished_at,
             lookback_days=self.lookback_days,
+            changes=run.last_changes if run is not None else None,
         )
         record = replace(
             result.run,
