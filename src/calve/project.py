@@ -48,7 +48,11 @@ DEFAULT_STATE = ".calve/state.db"
 DEFAULT_WORKFLOWS = "workflows"
 # a run whose process stopped heartbeating this long ago no longer holds its workflow's lock
 DEFAULT_LOCK_STALE_AFTER_S = 600
-SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after", "maintenance")
+SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after", "maintenance", "observe")
+# `observe:`: a run's lookback estimate is what a lookback of this many days would have read
+# (calve.observe.lookback; 0 turns the estimate off)
+DEFAULT_LOOKBACK_DAYS = 14
+OBSERVE_KEYS = ("lookback_days",)
 
 # `maintenance:` (calve maintain, and the scheduler when the section is present). Compaction's
 # size and count defaults are those of `compact:` steps (calve.workflows.values).
@@ -111,6 +115,11 @@ lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
 #   expire_older_than: {format_duration(DEFAULT_EXPIRE_OLDER_THAN_S)}  # checkpoints are always kept
 #   retain_last: {DEFAULT_RETAIN_LAST}
 #   checkpoint_namespaces: null # where to look for consumer checkpoints; default: everywhere
+
+# Run metrics (docs/observability.md): each run records how many rows a lookback of this many days
+# over its range column would have read (from manifest statistics), beside the rows it read.
+# observe:
+#   lookback_days: {DEFAULT_LOOKBACK_DAYS}            # 0: no estimate
 """
 
 EXAMPLE_WORKFLOW = """\
@@ -173,6 +182,7 @@ class Settings:
     # None without a `maintenance:` section: the scheduler maintains nothing (calve maintain
     # then uses MaintenancePolicy's defaults)
     maintenance: MaintenancePolicy | None = None
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS  # `observe: {lookback_days: N}`
 
 
 class Project:
@@ -252,6 +262,7 @@ def _load_settings(root: Path) -> Settings:
     raw: dict[str, Any] = {}
     stale = DEFAULT_LOCK_STALE_AFTER_S
     maintenance: MaintenancePolicy | None = None
+    lookback_days = DEFAULT_LOOKBACK_DAYS
     if path.is_file():
         try:
             doc = load_yaml(path, root)
@@ -276,6 +287,8 @@ def _load_settings(root: Path) -> Settings:
                     checker.problem(("lock_stale_after",), "must be at least 1s, as in 10m")
         if "maintenance" in raw:
             maintenance = _maintenance(checker, raw["maintenance"])
+        if "observe" in raw:
+            lookback_days = _observe(checker, raw["observe"])
         if checker.problems:
             raise ProjectError(checker.sorted_problems())
     catalog = raw.get("catalog", DEFAULT_CATALOG)
@@ -286,7 +299,22 @@ def _load_settings(root: Path) -> Settings:
         workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,
         maintenance=maintenance,
+        lookback_days=lookback_days,
     )
+
+
+def _observe(checker: Checker, value: Any) -> int:
+    """The `observe:` section: the lookback of the run metrics' estimate, in days."""
+    spec = checker.mapping(value, ("observe",), OBSERVE_KEYS)
+    days = spec.get("lookback_days")
+    if days is None:
+        return DEFAULT_LOOKBACK_DAYS
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        checker.problem(
+            ("observe", "lookback_days"), f"must be a whole number of days (0: off), not {days!r}"
+        )
+        return DEFAULT_LOOKBACK_DAYS
+    return days
 
 
 def _maintenance(checker: Checker, value: Any) -> MaintenancePolicy:

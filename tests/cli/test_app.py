@@ -22,6 +22,7 @@ HEAVY = (
     "pyiceberg",
     "pyarrow",
     "duckdb",
+    "prometheus_client",
     "calve.workflows.runner",
     "calve.state.store",
     "rich.table",
@@ -51,7 +52,17 @@ def _imported_by(*args: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "args", [["--version"], ["--help"], ["run", "--help"], ["changes", "--help"], ["ui", "--help"]]
+    "args",
+    [
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["changes", "--help"],
+        ["scheduler", "--help"],
+        ["lateness", "--help"],
+        ["ui", "--help"],
+        ["backfill", "--help"],
+    ],
 )
 def test_version_and_help_import_no_engine_catalog_or_workflow_layer(args: list[str]) -> None:
     assert _imported_by(*args) == []

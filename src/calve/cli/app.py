@@ -1,9 +1,10 @@
 """The `calve` command line: the click group, its global options, and `main`.
 
 Commands live in modules by concept — `table_commands` (changes, icdc, compact, snapshots,
-consumers), `workflow_commands` (init, validate, workflows, run, runs, scheduler), `ui_commands`
-(the web UI) and `demo` — and are imported only when click needs them (to run one, or to list them
-in `--help`). The arrows point
+consumers), `workflow_commands` (init, validate, workflows, run, runs, scheduler),
+`backfill_commands` (backfill, backfills, status), `observe_commands` (lateness), `ui_commands` (the
+web UI) and `demo` — and are imported only when click needs them (to run one, or to list them in
+`--help`). The arrows point
 one way: this module names the command modules; they import `calve.cli.context` and
 `calve.cli.output`, never this module. `calve --version` imports none of them.
 """
@@ -40,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "backfills": "calve.cli.backfill_commands",
     "status": "calve.cli.backfill_commands",
     "ui": "calve.cli.ui_commands",
+    "lateness": "calve.cli.observe_commands",
 }
 
 
@@ -98,6 +100,7 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
       calve changes db.events --since 42 --ranges event_time --json
       calve maintain db.events            compaction and snapshot expiry, invisible to consumers
       calve ui                            the web UI on http://127.0.0.1:8765/ (read-only)
+      calve lateness db.events --event-time day   how late rows arrive; what a lookback would miss
     """
     ctx.obj = Context(catalog_name, project_dir)
 

@@ -49,6 +49,7 @@ def _runner(ctx: Context, out: Output) -> Runner:
         lock_stale_after_s=project.settings.lock_stale_after_s,
         progress=out.progress,
         python_path=[str(project.root)],
+        lookback_days=project.settings.lookback_days,
     )
 
 
@@ -397,16 +398,46 @@ def _cancel(ctx: Context, run_id: str, out: Output) -> None:
 @click.option(
     "--tick", default=10.0, show_default=True, metavar="SECONDS", help="How often to evaluate triggers."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on this port at /metrics (0: any free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="HOST",
+    help="The address the metrics endpoint binds (0.0.0.0: every interface).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: every log and progress line as one JSON object per line on stdout.",
+)
 @json_option
 @click.pass_obj
 @handle_errors
-def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Output) -> None:
+def scheduler(
+    ctx: Context,
+    once: bool,
+    tick: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_format: str,
+    json_mode: bool,
+    out: Output,
+) -> None:
     """Run the project's workflows when their triggers fire, until stopped (Ctrl-C or SIGTERM).
 
     Time triggers (cron, interval) fire once per slot; incremental triggers fire when a source has
     changes past the workflow's checkpoints. Runs that a killed scheduler left unfinished are
     restarted from their first unfinished step. With --once: one evaluation, for cron jobs and tests.
     Log lines go to stdout, one per event, never wrapped; run progress goes to stderr.
+    --log-format json prints both as JSON lines on stdout; --metrics-port serves Prometheus metrics.
     """
     # the handler comes first: a SIGTERM while the project and its workflows load stops cleanly
     stopping = {"flag": False}
@@ -422,12 +453,46 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
 
     project = ctx.project
     project.workflows()  # invalid files: fail now, with every problem
-    engine = Scheduler(project, _runner(ctx, out), log=out.progress)
-    if stopping["flag"]:
-        out.progress("scheduler stopped before its first tick")
-        return
-    if once:
-        firings = engine.tick()
+    runner = _runner(ctx, out)
+    engine = Scheduler(project, runner, log=out.progress)
+    json_log = None
+    if log_format == "json":
+        from calve.observe.logs import JsonLog
+
+        json_log = JsonLog()
+        runner.progress = engine.log = json_log.progress
+        engine.on_firing = json_log.firing
+    stop_metrics = None
+    if metrics_port is not None:
+        from calve.observe.prometheus import SchedulerMetrics
+
+        engine.metrics = SchedulerMetrics(project.state)
+        host, port, stop_metrics = engine.metrics.serve(metrics_port, metrics_host)
+        (json_log.log if json_log else out.progress)(f"metrics on http://{host}:{port}/metrics")
+    try:
+        if stopping["flag"]:
+            out.progress("scheduler stopped before its first tick")
+            return
+        if once:
+            _once(engine, json_mode, json_log, out)
+            return
+        if json_log is not None:
+            engine.log = json_log.log
+        else:
+            engine.log = out.progress if json_mode else out.log
+        engine.run_forever(tick, should_stop=lambda: stopping["flag"])
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+def _once(engine: Any, json_mode: bool, json_log: Any, out: Output) -> None:
+    """One tick: the firings as the result (or as JSON log lines); exit 1 if a run failed."""
+    firings = engine.tick()
+    if json_log is not None and not json_mode:
+        for firing in firings:
+            json_log.firing(firing)
+    else:
         payload = {"fired": [f.to_dict() for f in firings]}
 
         def render(console: Console) -> None:
@@ -437,12 +502,8 @@ def scheduler(ctx: Context, once: bool, tick: float, json_mode: bool, out: Outpu
                 console.print(firing.describe(), markup=False, soft_wrap=True)
 
         out.result(payload, render)
-        if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
-            sys.exit(1)
-        return
-
-    engine.log = out.progress if json_mode else out.log
-    engine.run_forever(tick, should_stop=lambda: stopping["flag"])
+    if any(f.result is not None and f.result.status is RunStatus.FAILED for f in firings):
+        sys.exit(1)
 
 
 def _short(text: str | None, width: int = 60) -> str:

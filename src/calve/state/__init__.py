@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 from calve.state.records import (
     ACTIVE,
+    ERROR_CLASSES,
     FINISHED,
     RESTARTABLE,
     CheckpointRecord,
     InputRead,
     MergeMetrics,
     RunLock,
+    RunMetrics,
     RunRecord,
     RunStatus,
+    Skew,
     StepMetrics,
     StepRunRecord,
+    StepTimings,
 )
 
 if TYPE_CHECKING:
@@ -35,15 +39,19 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ACTIVE",
+    "ERROR_CLASSES",
     "FINISHED",
     "RESTARTABLE",
     "CheckpointRecord",
     "InputRead",
     "MergeMetrics",
     "RunLock",
+    "RunMetrics",
     "RunRecord",
     "RunStatus",
+    "Skew",
     "StateStore",
     "StepMetrics",
     "StepRunRecord",
+    "StepTimings",
 ]

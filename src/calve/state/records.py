@@ -1,8 +1,10 @@
 """The records the state store keeps: runs, their steps and metrics, run locks, mirrored checkpoints.
 
 Records are immutable values: a change is a new record (`dataclasses.replace`) written through the
-store. Step metrics are typed (`StepMetrics`); their JSON form (`to_dict`) is what `calve runs show
---json` prints and what the store keeps.
+store. Step and run metrics are typed (`StepMetrics`, `RunMetrics`); their JSON form (`to_dict`) is
+what `calve runs show --json` prints and what the store keeps. Reading is lenient (`from_dict`): a
+key that an older calve did not write takes its default, a key a newer calve wrote is ignored, so
+old runs stay readable. Every field is documented, with its unit, in docs/observability.md.
 """
 
 from __future__ import annotations
@@ -73,11 +75,53 @@ class RunRecord:
     error: str | None = None
     attempt: int = 1  # 1, or n for the (n-1)th automatic retry of a transient failure
     transient: bool = False  # the failure may pass on retry (a commit conflict, an I/O error)
+    metrics: RunMetrics = field(default_factory=lambda: RunMetrics())
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["status"] = self.status.value
+        data["metrics"] = self.metrics.to_dict()
         return data
+
+
+# how a failure is classed: user errors wait for a fix, system errors may pass (see `transient`)
+ERROR_CLASSES = (
+    "user.validation",  # a workflow, project or input setting does not hold (a missing column, a bad filter)
+    "user.sql",  # the engine rejected the step's SQL
+    "user.data",  # the step's rows do not fit its output (types, duplicate or null keys)
+    "system.commit_conflict",  # another writer committed first (the checkpoint or the table moved)
+    "system.io",  # reading or writing a file or the catalog failed
+    "system.resources",  # out of memory or another resource limit
+    "system.other",  # anything else: a bug, or an error calve does not know yet
+)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """What a whole run cost and achieved (stored in `runs.metrics`); None where unknown.
+
+    `lookback_rows_estimate` is what a lookback of `lookback_days` over the workflow's range column
+    would have read, from manifest statistics (calve.observe.lookback): against `rows_read` it says
+    what incremental processing saved. `freshness_s` is the age, when the run finished, of the newest
+    source commit that its outputs include.
+    """
+
+    cpu_s: float | None = None  # process CPU seconds of the whole run (all threads)
+    peak_rss_bytes: int | None = None  # the largest peak resident memory of its steps
+    freshness_s: float | None = None
+    lookback_rows_estimate: int | None = None
+    lookback_days: int | None = None
+    rows_read: int | None = None  # summed over the steps
+    rows_written: int | None = None  # summed over the steps
+    error_class: str | None = None  # one of ERROR_CLASSES, for a failed run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RunMetrics:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -89,12 +133,24 @@ class InputRead:
     from_snapshot_id: int | None = None  # incremental: the changes after this one ...
     to_snapshot_id: int | None = None  # ... up to this one
     snapshots: int | None = None  # incremental: logical snapshots in the range
+    files: int | None = None  # incremental: data files the change set added and removed
+    records: int | None = None  # incremental: records the change set added and removed
+    ranges: dict[str, dict[str, Any]] | None = None  # incremental: column -> {"min", "max"} (ISO)
+    rows_read: int | None = None  # rows decoded for this input
+    files_read: int | None = None
+    bytes_read: int | None = None
+    files_skipped: int | None = None  # data files left unread: pruned by a filter, a match, the change set
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if v is not None}
         if self.snapshots is None:  # a pinned read: its snapshot id, even when the table was empty
             data["snapshot_id"] = self.snapshot_id
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputRead:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -106,6 +162,36 @@ class MergeMetrics:
     bytes_read: int = 0
     rows_matched: int = 0
     files_rewritten: int = 0
+
+
+@dataclass(frozen=True)
+class StepTimings:
+    """Where a step's wall time went, in seconds; the phases do not overlap and may not add up to
+    the step's wall time (recording and bookkeeping between them are in none)."""
+
+    plan_s: float = 0.0  # capturing changes, planning files from manifests, change ranges
+    read_s: float = 0.0  # decoding the input rows
+    compute_s: float = 0.0  # the SQL or Python (an aggregate step: maintaining its state)
+    write_s: float = 0.0  # conforming and writing the output's data files (merge planning included)
+    commit_s: float = 0.0  # the catalog commit of the output with the checkpoints
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Skew:
+    """How evenly a step's rows spread: over the partitions it wrote, over the files it read."""
+
+    output_partitions: int = 0  # partitions the committed snapshot added files to
+    largest_partition_rows: int = 0
+    median_partition_rows: float = 0
+    input_files: int = 0  # data files read (their record counts, deletes not applied)
+    largest_file_rows: int = 0
+    median_file_rows: float = 0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -130,6 +216,11 @@ class StepMetrics:
     partitions: int | None = None  # compact steps
     strategy: str | None = None  # a strategy step: the strategy it ran with
     reason: str | None = None  # why a step was skipped
+    timings: StepTimings | None = None
+    peak_rss_bytes: int | None = None  # the process's peak resident memory during the step
+    skew: Skew | None = None
+    error_class: str | None = None  # one of ERROR_CLASSES, for a failed step
+    source_commit_at: float | None = None  # epoch s: the newest source commit the step's output includes
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
@@ -140,9 +231,9 @@ class StepMetrics:
             elif f.name == "icdc_tables":
                 if value:
                     data["icdc_tables"] = value
-            elif f.name == "merge":
+            elif f.name in ("merge", "timings", "skew"):
                 if value is not None:
-                    data["merge"] = asdict(value)
+                    data[f.name] = value.to_dict() if f.name != "merge" else asdict(value)
             elif value is not None or (f.name == "committed_snapshot_id" and self.output is not None):
                 data[f.name] = value
         return data
@@ -151,10 +242,17 @@ class StepMetrics:
     def from_dict(cls, data: dict[str, Any]) -> StepMetrics:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["inputs"] = {a: InputRead(**r) for a, r in (data.get("inputs") or {}).items()}
-        if data.get("merge") is not None:
-            values["merge"] = MergeMetrics(**data["merge"])
+        values["inputs"] = {a: InputRead.from_dict(r) for a, r in (data.get("inputs") or {}).items()}
+        for name, kind in (("merge", MergeMetrics), ("timings", StepTimings), ("skew", Skew)):
+            if data.get(name) is not None:
+                values[name] = _lenient(kind, data[name])
         return cls(**values)
+
+
+def _lenient(kind: Any, data: dict[str, Any]) -> Any:
+    """`kind(**data)` with the keys `kind` does not know dropped (a newer calve wrote them)."""
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from calve.state.records import (
     ACTIVE,
     CheckpointRecord,
     RunLock,
+    RunMetrics,
     RunRecord,
     RunStatus,
     StepMetrics,
@@ -32,6 +34,20 @@ from calve.state.records import (
     pid_alive,
 )
 from calve.state.schema import MIGRATIONS, STATE_VERSION
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """The runs of one workflow with one status, and the sums of what they did."""
+
+    workflow: str
+    status: str
+    runs: int
+    duration_s: float  # summed over the runs that finished (started_at to finished_at)
+    timed_runs: int  # runs with both times
+    cpu_s: float
+    rows_read: int
+    rows_written: int
 
 
 class StateStore:
@@ -148,8 +164,8 @@ class StateStore:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
                      logical_date, params, status, created_at, started_at, finished_at, pins, restart_of,
-                     host, pid, error, attempt, transient)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     host, pid, error, attempt, transient, metrics)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     run.run_id,
                     run.workflow,
@@ -169,6 +185,7 @@ class StateStore:
                     run.error,
                     run.attempt,
                     int(run.transient),
+                    json.dumps(run.metrics.to_dict(), sort_keys=True),
                 ),
             )
             if cursor.rowcount and run.trigger_slot is not None:
@@ -181,14 +198,21 @@ class StateStore:
             return bool(cursor.rowcount)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        allowed = {"status", "started_at", "finished_at", "pins", "host", "pid", "error", "transient"}
+        allowed = {
+            "status",
+            "started_at",
+            "finished_at",
+            "pins",
+            "host",
+            "pid",
+            "error",
+            "transient",
+            "metrics",
+        }
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update run fields {sorted(unknown)}")
-        values = {
-            k: (v.value if isinstance(v, RunStatus) else json.dumps(v, sort_keys=True) if k == "pins" else v)
-            for k, v in fields.items()
-        }
+        values = {k: _column_value(k, v) for k, v in fields.items()}
         assignments = ", ".join(f"{name} = ?" for name in values)  # names from the allow-list above
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
@@ -256,6 +280,33 @@ class StateStore:
             )
             for r in rows
         ]
+
+    def run_totals(self) -> list[RunTotals]:
+        """Per workflow and status: runs, and the sums of their durations, CPU and rows (for /metrics)."""
+        with self._connect() as db:
+            rows = db.execute(
+                """SELECT workflow, status, count(*),
+                          coalesce(sum(finished_at - started_at), 0),
+                          count(finished_at - started_at),
+                          coalesce(sum(json_extract(metrics, '$.cpu_s')), 0),
+                          coalesce(sum(json_extract(metrics, '$.rows_read')), 0),
+                          coalesce(sum(json_extract(metrics, '$.rows_written')), 0)
+                   FROM runs GROUP BY workflow, status ORDER BY workflow, status"""
+            ).fetchall()
+        return [RunTotals(*row) for row in rows]
+
+    def newest_source_commits(self) -> dict[str, float]:
+        """Per output table: the newest source commit (epoch s) that a committed step's output includes."""
+        with self._connect() as db:
+            rows = db.execute(
+                """SELECT json_extract(metrics, '$.output') AS target,
+                          max(json_extract(metrics, '$.source_commit_at'))
+                   FROM step_runs
+                   WHERE status = 'succeeded' AND json_extract(metrics, '$.source_commit_at') IS NOT NULL
+                     AND target IS NOT NULL
+                   GROUP BY target"""
+            ).fetchall()
+        return {target: at for target, at in rows}
 
     def last_slot(self, workflow: str, trigger: str) -> tuple[str | None, float | None]:
         with self._connect() as db:
@@ -407,7 +458,19 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
         error=row[15],
         attempt=row[16],
         transient=bool(row[17]),
+        metrics=RunMetrics.from_dict(json.loads(row[18] or "{}")),
     )
+
+
+def _column_value(name: str, value: Any) -> Any:
+    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON."""
+    if isinstance(value, RunStatus):
+        return value.value
+    if isinstance(value, RunMetrics):
+        return json.dumps(value.to_dict(), sort_keys=True)
+    if name == "pins":
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def _end_run(db: sqlite3.Connection, run_id: str, status: RunStatus, error: str, now: float) -> None:

@@ -872,8 +872,7 @@ def _same_rows(a: pa.Table, b: pa.Table) -> bool:
 
     columns = ", ".join('"' + name.replace('"', '""') + '"' for name in a.column_names)  # quoted
     query = (
-        f"SELECT count(*), sum(hash({columns})::HUGEINT), sum(hash({columns}, 'calve')::HUGEINT) "
-        "FROM rows"
+        f"SELECT count(*), sum(hash({columns})::HUGEINT), sum(hash({columns}, 'calve')::HUGEINT) FROM rows"
     )
     con = duckdb.connect()
     try:

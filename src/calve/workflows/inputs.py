@@ -24,6 +24,7 @@ from calve.capture.changes import ChangeSet
 from calve.capture.icdc import IcdcTable
 from calve.capture.ranges import ColumnRange, change_ranges
 from calve.errors import CalveError
+from calve.observe.clock import note_input_files, phase
 from calve.read.duckdb_scan import MatchedScan, read_all, read_matched, scan_matched
 from calve.read.planning import plan_files, read_files
 from calve.state import InputRead, StepMetrics
@@ -124,20 +125,22 @@ def read_inputs(
             rows_read += decoded
             files_read += files
             bytes_read += size
-            reads[spec.alias] = InputRead(spec.table, snapshot_id=until)
+            reads[spec.alias] = InputRead(
+                spec.table,
+                snapshot_id=until,
+                rows_read=decoded,
+                files_read=files,
+                bytes_read=size,
+                files_skipped=_files_skipped(source, until, files),
+            )
             continue
 
         change_set = changes[spec.table]
         by_alias[spec.alias] = change_set
-        reads[spec.alias] = InputRead(
-            spec.table,
-            from_snapshot_id=change_set.from_snapshot_id_exclusive,
-            to_snapshot_id=change_set.to_snapshot_id_inclusive,
-            snapshots=len(change_set.logical_snapshots),
-        )
         bounds: dict[str, tuple[Any, Any]] = {}
         if spec.ranges:
-            ranges[spec.alias] = _ranges(spec, source, change_set)
+            with phase("plan"):  # manifest bounds, no data
+                ranges[spec.alias] = _ranges(spec, source, change_set)
             for column, column_range in ranges[spec.alias].items():
                 bounds[column] = _widened(spec, column, column_range)
                 union.setdefault(column, []).append(bounds[column])
@@ -159,6 +162,9 @@ def read_inputs(
         rows_read += table.num_rows
         files_read += files
         bytes_read += size
+        reads[spec.alias] = _change_read(
+            spec, change_set, ranges.get(spec.alias), table.num_rows, files, size
+        )
     params.update(range_union_values(union))
     metrics = StepMetrics(
         rows_read=rows_read,
@@ -168,6 +174,43 @@ def read_inputs(
         icdc_tables={alias: t.identifier for alias, t in icdc.items()},
     )
     return StepInputs(rows, by_alias, ranges, icdc, params, metrics)
+
+
+def _change_read(
+    spec: InputSpec,
+    change_set: ChangeSet,
+    ranges: Mapping[str, ColumnRange] | None,
+    rows_read: int,
+    files_read: int,
+    bytes_read: int,
+) -> InputRead:
+    """What an incremental input read: the change set's size (snapshots, files, records, ranges) and
+    the rows, files and bytes decoded for it; the change set's files left unread count as skipped."""
+    data_files = (*change_set.added_files, *change_set.removed_files)
+    if files_read:
+        read = change_set.appended_files if spec.read is ReadKind.ICDC else data_files
+        note_input_files(f.record_count for f in read)
+    return InputRead(
+        spec.table,
+        from_snapshot_id=change_set.from_snapshot_id_exclusive,
+        to_snapshot_id=change_set.to_snapshot_id_inclusive,
+        snapshots=len(change_set.logical_snapshots),
+        files=len(data_files),
+        records=change_set.added_records + change_set.removed_records,
+        ranges={c: {"min": r.to_dict()["min"], "max": r.to_dict()["max"]} for c, r in (ranges or {}).items()}
+        or None,
+        rows_read=rows_read,
+        files_read=files_read,
+        bytes_read=bytes_read,
+        files_skipped=max(0, len(data_files) - files_read),
+    )
+
+
+def _files_skipped(source: Table, snapshot_id: int | None, files_read: int) -> int | None:
+    """Data files of the pinned snapshot that the read left out (pruned by a filter or a match)."""
+    snapshot = source.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    total = snapshot.summary.get("total-data-files") if snapshot and snapshot.summary else None
+    return max(0, int(total) - files_read) if total is not None else None
 
 
 def _ranges(spec: InputSpec, source: Table, change_set: ChangeSet) -> dict[str, ColumnRange]:
@@ -213,11 +256,15 @@ def _read_pinned(
     condition = expression(spec.filter, params, rows)
     projection = source.scan(snapshot_id=until, selected_fields=spec.columns or ("*",)).projection()
     if keys is None:
-        tasks = plan_files(source, condition, until)
+        with phase("plan"):
+            tasks = plan_files(source, condition, until)
+        note_input_files(t.file.record_count for t in tasks)
         table = read_files(source, tasks, condition, projection)
         return table, len(tasks), _size(tasks), table.num_rows
     # the files that may hold one of the keys, pruned by their bounds
-    tasks = plan_key_files(source, keys, until, condition)
+    with phase("plan"):
+        tasks = plan_key_files(source, keys, until, condition)
+    note_input_files(t.file.record_count for t in tasks)
     if keys.num_rows:
         _check_match_columns(keys, projection.column_names)
     if lazy and isinstance(condition, AlwaysTrue) and tasks and keys.num_rows:

@@ -8,6 +8,7 @@ stored), and committed by the step's consumer with the change sets the step proc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -17,6 +18,8 @@ from pyiceberg.table import Table
 
 from calve.capture.changes import ChangeSet
 from calve.errors import CalveError
+from calve.observe.clock import phase
+from calve.observe.steps import output_skew
 from calve.state import MergeMetrics, StepMetrics
 from calve.workflows.filters import expression
 from calve.workflows.model import OutputSpec, StepSpec
@@ -45,6 +48,25 @@ def write_output(
     overrides the output's write mode (a strategy step's recompute overwrites the whole table);
     `properties` go into the snapshot summary.
     """
+    with phase("write"):  # the catalog commit inside is timed as its own phase
+        return _write_output(
+            catalog, step, output, consumer, target, changes, params, tables, deletes, mode, properties
+        )
+
+
+def _write_output(
+    catalog: Catalog,
+    step: StepSpec,
+    output: pa.Table,
+    consumer: Consumer,
+    target: Table | None,
+    changes: Mapping[str, ChangeSet],
+    params: Mapping[str, Any],
+    tables: Mapping[str, pa.Table],
+    deletes: pa.Table | None,
+    mode: WriteMode | None,
+    properties: Mapping[str, str] | None,
+) -> tuple[Table, StepMetrics]:
     spec = step.output
     assert spec is not None
     data, flagged = split_deletes(step, output)
@@ -62,6 +84,7 @@ def write_output(
                 f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
             )
         data = data.sort_by([(c, "ascending") for c in spec.sort_by])
+    skew = output_skew(data, target)  # rows per partition, for the run metrics (calve.observe)
     by_table = list({cs.table: cs for cs in changes.values()}.values())  # each source once
     result = consumer.commit(
         target,
@@ -73,7 +96,7 @@ def write_output(
         deletes=deletes,
         properties=properties,
     )
-    return target, _metrics(spec, output.num_rows, result)
+    return target, replace(_metrics(spec, output.num_rows, result), skew=skew)
 
 
 def split_deletes(step: StepSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:

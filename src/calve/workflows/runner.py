@@ -44,7 +44,10 @@ from calve.capture.changes import ChangeSet
 from calve.catalog import load_table
 from calve.engines import Engine
 from calve.errors import CalveError, RunLockedError, StepFailedError
-from calve.project import DEFAULT_LOCK_STALE_AFTER_S
+from calve.observe.clock import observe_step, phase
+from calve.observe.runs import run_metrics
+from calve.observe.steps import complete_step, failed_step
+from calve.project import DEFAULT_LOCK_STALE_AFTER_S, DEFAULT_LOOKBACK_DAYS
 from calve.state import (
     RESTARTABLE,
     InputRead,
@@ -80,6 +83,7 @@ __all__ = ["Pending", "RunResult", "Runner", "StepContext", "new_run_id"]
 class RunResult:
     run: RunRecord
     steps: list[StepRunRecord] = field(default_factory=list)
+    cpu_started: float = field(default_factory=time.process_time, repr=False)  # for RunMetrics.cpu_s
 
     @property
     def status(self) -> RunStatus:
@@ -138,6 +142,7 @@ class Runner:
         lock_stale_after_s: float = DEFAULT_LOCK_STALE_AFTER_S,
         progress: Callable[[str], None] = lambda _: None,
         python_path: list[str] | None = None,
+        lookback_days: int = DEFAULT_LOOKBACK_DAYS,
     ) -> None:
         self.catalog = catalog
         self.state = state
@@ -145,6 +150,7 @@ class Runner:
         self.lock_stale_after_s = lock_stale_after_s
         self.progress = progress
         self.python_path = python_path or []
+        self.lookback_days = lookback_days  # of the run metrics' lookback estimate (calve.observe)
 
     @classmethod
     def for_project(cls, project: Project, progress: Callable[[str], None] = lambda _: None) -> Runner:
@@ -156,6 +162,7 @@ class Runner:
             lock_stale_after_s=project.settings.lock_stale_after_s,
             progress=progress,
             python_path=[str(project.root)],
+            lookback_days=project.settings.lookback_days,
         )
 
     # ---- what is pending ------------------------------------------------------------------
@@ -298,7 +305,7 @@ class Runner:
             f"run {record.run_id} of {workflow.id} ({record.trigger}, logical date {record.logical_date})"
         )
         if skip_if_no_changes and not pending.anything:
-            self._finish(result, RunStatus.SKIPPED, "no changes pending on any incremental input")
+            self._finish(result, RunStatus.SKIPPED, "no changes pending on any incremental input", workflow)
             return
 
         run = _Run(record, pending)
@@ -320,18 +327,48 @@ class Runner:
                 self._run_step(workflow, step, run, result)
                 self.state.update_run(record.run_id, pins=run.pins)
         except StepFailedError as exc:
-            self._finish(result, RunStatus.FAILED, str(exc), transient=exc.transient)
+            self._finish(result, RunStatus.FAILED, str(exc), workflow, run, transient=exc.transient)
             return
         everything_skipped = run.statuses and all(s is RunStatus.SKIPPED for s in run.statuses)
-        self._finish(result, RunStatus.SKIPPED if everything_skipped else RunStatus.SUCCEEDED, None)
+        status = RunStatus.SKIPPED if everything_skipped else RunStatus.SUCCEEDED
+        self._finish(result, status, None, workflow, run)
 
     def _finish(
-        self, result: RunResult, status: RunStatus, error: str | None, transient: bool = False
+        self,
+        result: RunResult,
+        status: RunStatus,
+        error: str | None,
+        workflow: Workflow,
+        run: _Run | None = None,
+        transient: bool = False,
     ) -> None:
-        record = replace(result.run, status=status, error=error, finished_at=time.time(), transient=transient)
+        finished_at = time.time()
+        metrics = run_metrics(  # CPU, rows, freshness, lookback estimate, error class (calve.observe)
+            workflow,
+            result.steps,
+            run.tables if run is not None else {},
+            status=status,
+            cpu_started=result.cpu_started,
+            finished_at=finished_at,
+            lookback_days=self.lookback_days,
+            changes=run.last_changes if run is not None else None,
+        )
+        record = replace(
+            result.run,
+            status=status,
+            error=error,
+            finished_at=finished_at,
+            transient=transient,
+            metrics=metrics,
+        )
         result.run = record
         self.state.update_run(
-            record.run_id, status=status, error=error, finished_at=record.finished_at, transient=transient
+            record.run_id,
+            status=status,
+            error=error,
+            finished_at=record.finished_at,
+            transient=transient,
+            metrics=metrics,
         )
         took = (record.finished_at or 0.0) - (record.started_at or record.created_at)
         self.progress(f"run {record.run_id} {status.value} in {took:.1f}s" + (f": {error}" if error else ""))
@@ -368,25 +405,27 @@ class Runner:
             self.progress(f"  step {label} ...")
             cpu = time.process_time()
             foreach = {step.foreach.alias: value} if step.foreach is not None else {}
-            try:
-                status, metrics = self._step_body(workflow, step, run, consumer, foreach)
-            except Exception as exc:
-                error = describe_failure(workflow, step, exc)
-                failed = replace(
-                    started,
-                    status=RunStatus.FAILED,
-                    error=error,
-                    finished_at=time.time(),
-                    cpu_s=time.process_time() - cpu,
-                )
-                self.state.record_step(failed)
-                result.steps.append(failed)
-                self.progress(f"  step {label} failed: {error}")
-                raise StepFailedError(error, transient=is_transient(exc)) from exc
+            with observe_step() as observation:  # phases, files read, peak memory (calve.observe)
+                try:
+                    status, metrics = self._step_body(workflow, step, run, consumer, foreach)
+                except Exception as exc:
+                    error = describe_failure(workflow, step, exc)
+                    failed = replace(
+                        started,
+                        status=RunStatus.FAILED,
+                        error=error,
+                        finished_at=time.time(),
+                        cpu_s=time.process_time() - cpu,
+                        metrics=failed_step(exc, observation),
+                    )
+                    self.state.record_step(failed)
+                    result.steps.append(failed)
+                    self.progress(f"  step {label} failed: {error}")
+                    raise StepFailedError(error, transient=is_transient(exc)) from exc
             done = replace(
                 started,
                 status=status,
-                metrics=metrics,
+                metrics=complete_step(metrics, observation, run.tables),
                 finished_at=time.time(),
                 cpu_s=time.process_time() - cpu,
             )
@@ -460,7 +499,8 @@ class Runner:
         if not any(not cs.is_empty for cs in changes.values()):
             run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
-        output = self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+        with phase("compute"):
+            output = self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
         if output is None:
             raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
         _faults.crash_point("runner.after_compute")
@@ -500,16 +540,18 @@ class Runner:
         target = self._target(step, run.tables)
         changes = run.take_changes(step.id, spec.table)
         if changes is None:
-            changes = pending_changes(consumer, source, target, until)
+            with phase("plan"):
+                changes = pending_changes(consumer, source, target, until)
         reads = StepMetrics(
             inputs={spec.alias: _read_of(spec.table, changes)}, strategy=choice.strategy.value
         )
         if changes.is_empty:
             run.pin(step.output.table, target)
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
-        result = maintain(
-            self.catalog, self.state, step, choice.plan, consumer, source, until, changes, self.progress
-        )
+        with phase("compute"):
+            result = maintain(
+                self.catalog, self.state, step, choice.plan, consumer, source, until, changes, self.progress
+            )
         _faults.crash_point("runner.after_compute")
         target, written = write_output(
             self.catalog,
@@ -570,7 +612,10 @@ class Runner:
             if spec.table not in changes:
                 captured = run.take_changes(step.id, spec.table)
                 if captured is None:
-                    captured = pending_changes(consumer, run.tables[spec.table], target, run.pins[spec.table])
+                    with phase("plan"):
+                        captured = pending_changes(
+                            consumer, run.tables[spec.table], target, run.pins[spec.table]
+                        )
                 changes[spec.table] = captured
                 run.last_changes[(step.id, spec.table)] = captured
         record = run.record
@@ -584,16 +629,18 @@ class Runner:
             foreach=foreach,
         )
         lazy = step.kind is StepKind.SQL and bool(getattr(self.engine, "accepts_scans", False))
-        return read_inputs(
-            step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
-        )
+        with phase("read"):
+            return read_inputs(
+                step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
+            )
 
     def compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
         """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs."""
-        if step.sql is not None:
-            return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
-        assert step.python is not None
-        return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
+        with phase("compute"):
+            if step.sql is not None:
+                return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+            assert step.python is not None
+            return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
 
     def _compact(self, step: StepSpec, run: _Run) -> tuple[RunStatus, StepMetrics]:
         assert step.compact is not None

@@ -42,6 +42,7 @@ from calve.workflows.runner import Runner, RunResult
 from calve.workflows.triggers import CronExpression, interval_slot, parse_slot, slot_key
 
 if TYPE_CHECKING:
+    from calve.observe.prometheus import SchedulerMetrics
     from calve.write.maintenance import Maintainer
 
 UTC = dt.UTC
@@ -90,8 +91,12 @@ class Scheduler:
         log: Callable[[str], None] = lambda _: None,
         retry_attempts: int = RETRY_ATTEMPTS,
         retry_backoff_s: float = RETRY_BACKOFF_S,
+        metrics: SchedulerMetrics | None = None,
+        on_firing: Callable[[Firing], None] | None = None,
     ) -> None:
         self.project = project
+        self.metrics = metrics  # the /metrics endpoint's collector: told what is pending after each tick
+        self.on_firing = on_firing  # run_forever's log of a firing (default: its text line)
         self.runner = runner
         self.clock = clock
         self.log = log
@@ -133,7 +138,22 @@ class Scheduler:
                 self.log(f"{workflow.id}: error: {exc}")
                 firings.append(Firing(workflow.id, "-", None, None, f"error: {exc}"))
         firings.extend(self._maintain())
+        if self.metrics is not None:
+            self._observe_pending()
         return firings
+
+    def _observe_pending(self) -> None:
+        """Tell the metrics what each workflow has pending now, after the tick's runs (metadata only:
+        a source whose current snapshot is the checkpoint costs no manifest read)."""
+        assert self.metrics is not None
+        for workflow in self.project.workflows().values():
+            if not any(step.incremental_inputs for step in workflow.steps):
+                continue
+            try:
+                self.metrics.observe_pending(workflow, self.runner.pending(workflow, tables=self._tables))
+            except CalveError as exc:  # a source not there yet: nothing to measure
+                self.log(f"{workflow.id}: pending changes not measured: {exc}")
+        self.metrics.observe_tick()
 
     def _maintain(self) -> list[Firing]:
         """Table maintenance by calve.yaml's `maintenance:` policy, after the runs (off their path).
@@ -168,7 +188,10 @@ class Scheduler:
         while not should_stop():
             started = time.monotonic()
             for firing in self.tick():
-                self.log(firing.describe())
+                if self.on_firing is not None:
+                    self.on_firing(firing)
+                else:
+                    self.log(firing.describe())
             remaining = tick_s - (time.monotonic() - started)
             deadline = time.monotonic() + max(0.0, remaining)
             while time.monotonic() < deadline and not should_stop():

@@ -21,7 +21,7 @@ from pyiceberg.transforms import (
     YearTransform,
 )
 
-from calve.errors import CalveError
+from calve.errors import CalveError, DataError
 
 _PARTITION = re.compile(
     r"^\s*(?:(year|month|day|hour|bucket|truncate)\s*\(\s*(?:(\d+)\s*,\s*)?(\w+)\s*\)|(\w+))\s*$"
@@ -117,7 +117,7 @@ def conform(data: pa.Table, target: Table, step: str) -> pa.Table:
             try:
                 column = column.cast(field.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise CalveError(
+                raise DataError(
                     f"step {step!r}: column {field.name!r} is {column.type} but the table has {field.type} "
                     f"and it does not convert ({exc}); cast it in the step"
                 ) from None

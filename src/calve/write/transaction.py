@@ -14,6 +14,8 @@ from __future__ import annotations
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 
+from calve.observe.clock import phase
+
 
 class CachedTransaction(Transaction):
     """`Transaction` whose `table_metadata` is recomputed only when the base or the updates change."""
@@ -33,6 +35,10 @@ class CachedTransaction(Transaction):
         metadata = super().table_metadata
         self._cached = (base, updates, metadata)
         return metadata
+
+    def commit_transaction(self) -> Table:
+        with phase("commit"):  # the catalog commit, timed apart from writing the files (calve.observe)
+            return super().commit_transaction()
 
 
 def transaction(table: Table) -> Transaction:
