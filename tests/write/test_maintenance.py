@@ -267,7 +267,8 @@ def test_the_commented_maintenance_section_of_a_new_calve_yaml_is_valid(tmp_path
 
     lines = DEFAULT_SETTINGS.splitlines()
     start = lines.index("# maintenance:")
-    enabled = [line.removeprefix("# ") if i >= start else line for i, line in enumerate(lines)]
+    end = lines.index("", start)  # the section ends at the next blank line
+    enabled = [line.removeprefix("# ") if start <= i < end else line for i, line in enumerate(lines)]
     policy = _project(tmp_path, "\n".join(enabled) + "\n").settings.maintenance
     assert policy is not None
     assert policy.window == (120, 240) and policy.idle_s == 600
