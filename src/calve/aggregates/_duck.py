@@ -1,6 +1,9 @@
 """The DuckDB that evaluates the state's SQL: one in-memory database per process, a cursor per query.
 
 Opening a DuckDB database costs ~30 ms of CPU and a cursor ~1 ms, so the database is opened once.
+The state's SQL carries the step's own expressions, so this database is opened as the engine's is
+(`calve.engines.duckdb.sandboxed_database`: external access off, configuration locked): it only
+ever reads the Arrow tables registered here.
 Results come back as Arrow with DuckDB's 128-bit integers as BIGINT, as calve's engine returns them
 (`sum()` of an integer column is a HUGEINT in DuckDB; an overflow fails rather than wrap).
 """
@@ -11,8 +14,9 @@ import functools
 import threading
 from typing import Any
 
-import duckdb
 import pyarrow as pa
+
+from calve.engines.duckdb import sandboxed_database
 
 _lock = threading.Lock()
 _database: Any = None
@@ -22,7 +26,7 @@ def _cursor() -> Any:
     global _database
     with _lock:
         if _database is None:
-            _database = duckdb.connect(":memory:")
+            _database = sandboxed_database()
         return _database.cursor()
 
 

@@ -5,6 +5,12 @@ the result as an Arrow table. Values are always bound as parameters (`$name` in 
 pasted into the text; inputs are registered under their validated names. pyiceberg plans every scan
 and does every commit, whatever the engine.
 
+Every engine keeps a step's SQL to the step's inputs: no file, URL, other database, extension or
+setting is reachable from it (the embedded engine: DuckDB with external access off and its
+configuration locked; an engine added later, such as Ray, must give the same guarantee). The SQL
+text is also checked at `calve validate` (`calve.engines.reach`), which refuses the same constructs
+early, with file:line.
+
 Other engines plug in through the `calve.engines` entry point group (name -> Engine class).
 """
 

@@ -157,8 +157,8 @@ class MatchedRows:
 @dataclass(frozen=True)
 class MatchedScan:
     """The rows of planned files whose key tuple is in `keys`, not read yet: a query to run where
-    the rows are needed. The DuckDB engine runs it inside the step's own connection (no Arrow
-    hand-off); anything else calls `to_arrow()`. Build it with `scan_matched`."""
+    the rows are needed (`to_arrow()`, in calve's own read database: a step's database may not read
+    files). Build it with `scan_matched`."""
 
     read: ScanSchema
     keys: pa.Table  # cast to the columns' types
@@ -174,23 +174,6 @@ class MatchedScan:
         return (
             f"SELECT {columns} FROM {self.read.source()} AS d SEMI JOIN {_identifier(keys_relation)} ON {on}"
         )
-
-    def create_table(self, con: Any, name: str) -> None:
-        """Materialize the rows as the temporary table `name` in DuckDB connection `con`.
-
-        The semi-join keeps the keys as its hash join's build side (a global option of the
-        database, switched back right after: the step's own SQL runs with DuckDB's defaults)."""
-        keys = f"__calve_keys_{name}"
-        con.register(keys, self.keys)
-        con.execute("SET disabled_optimizers = 'build_side_probe_side'")
-        try:
-            con.execute(
-                f"CREATE TEMP TABLE {_identifier(name)} AS {self.select(keys)}",
-                {"paths": self.read.paths},
-            )
-        finally:
-            con.execute("RESET disabled_optimizers")
-            con.unregister(keys)
 
     def to_arrow(self) -> pa.Table:
         """The rows as an Arrow table (read in calve's own read database)."""

@@ -38,13 +38,16 @@ class Checker:
         self._lines: list[int] = []
 
     def problem(self, key: tuple[Hashable, ...], message: str) -> None:
-        line = self.doc.line(key)
+        self.problem_at(self.doc.path, self.doc.line(key), key, message)
+
+    def problem_at(self, path: Path, line: int | None, key: tuple[Hashable, ...], message: str) -> None:
+        """A problem at a line of another file than the YAML one (a step's sql_file)."""
         try:
-            shown = self.doc.path.relative_to(self.root)
+            shown = path.relative_to(self.root)
         except ValueError:
-            shown = self.doc.path
+            shown = path
         where = f"{shown}:{line}" if line else str(shown)
-        self._lines.append(line or 0)
+        self._lines.append(self.doc.line(key) or 0)  # file order: the order of the YAML keys
         self.problems.append(f"{where}: {key_path(key)}: {message}")
 
     def sorted_problems(self) -> list[str]:

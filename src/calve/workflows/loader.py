@@ -16,6 +16,7 @@ from typing import Any
 
 from calve.errors import ConfigError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
+from calve.workflows.confinement import inside, module_outside
 from calve.workflows.injection import RUN_NAMES, input_names, step_names
 from calve.workflows.model import (
     FILTER_OPS,
@@ -300,7 +301,13 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
             origin = (c.doc.path, c.doc.text_lines.get((*key, "sql"), 1))
         elif "sql_file" in spec:
             sql_path = c.doc.path.parent / str(spec["sql_file"])
-            if not sql_path.is_file():
+            if not inside(sql_path, c.root):  # refused before it is read: nothing of it is shown
+                c.problem(
+                    (*key, "sql_file"),
+                    f"sql_file {str(spec['sql_file'])!r} is outside the project folder (symbolic links "
+                    "followed); put the SQL file in the project, beside the workflow file",
+                )
+            elif not sql_path.is_file():
                 c.problem(
                     (*key, "sql_file"), f"no file {sql_path} (sql_file is relative to the workflow file)"
                 )
@@ -315,6 +322,10 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 c.problem(
                     (*key, "python"), f"{python!r} is not MODULE:FUNCTION, as in my_pipeline.steps:clean"
                 )
+            else:
+                outside = module_outside(python.partition(":")[0], c.root)
+                if outside:
+                    c.problem((*key, "python"), outside)
         icdc_for = None
         if "icdc" in spec:
             icdc_for = str(spec["icdc"])
@@ -331,8 +342,8 @@ def _steps(c: Checker, raw: Any, params: list[ParamSpec], versions: list[bytes])
                 f"step {step_id!r} reads changes but has no output: a step's checkpoints are "
                 "committed with its output table, so add output: {table: ..., mode: ...}",
             )
-        if sql and kind is StepKind.SQL:
-            _check_sql(c, (*key, "sql" if "sql" in spec else "sql_file"), sql, names)
+        if sql and kind is StepKind.SQL and origin is not None:
+            _check_sql(c, (*key, "sql" if "sql" in spec else "sql_file"), sql, names, origin)
         strategy = _strategy(c, spec, key, kind, inputs, output) if "strategy" in spec else None
         checks = _checks(c, spec.get("checks"), (*key, "checks"), names | {"output"}, output)
         depends = spec.get("depends_on") or []
@@ -595,6 +606,11 @@ def _output(
     )
 
 
+def _origin(c: Checker, key: tuple[Hashable, ...]) -> tuple[Path, int]:
+    """Where a value of the workflow file starts: the file and its line."""
+    return (c.doc.path, c.doc.text_lines.get(key, 1))
+
+
 def _checks(
     c: Checker, raw: Any, key: tuple[Hashable, ...], names: set[str], output: OutputSpec | None
 ) -> tuple[Check, ...]:
@@ -622,7 +638,7 @@ def _checks(
             if not isinstance(spec["sql"], str) or not spec["sql"].strip():
                 c.problem((*at, "sql"), "sql must be a non-empty string")
                 continue
-            _check_sql(c, (*at, "sql"), spec["sql"], names)
+            _check_sql(c, (*at, "sql"), spec["sql"], names, _origin(c, (*at, "sql")))
             checks.append(Check(name, sql=spec["sql"]))
             continue
         pair = spec["equal"]
@@ -632,19 +648,25 @@ def _checks(
             c.problem((*at, "equal"), "equal must be a list of two SQL queries, each returning one value")
             continue
         for query in pair:
-            _check_sql(c, (*at, "equal"), query, names)
+            _check_sql(c, (*at, "equal"), query, names, _origin(c, (*at, "equal")))
         checks.append(Check(name, equal=(pair[0], pair[1])))
     return tuple(checks)
 
 
-def _check_sql(c: Checker, key: tuple[Hashable, ...], sql: str, names: set[str]) -> None:
+def _check_sql(
+    c: Checker, key: tuple[Hashable, ...], sql: str, names: set[str], origin: tuple[Path, int]
+) -> None:
     from calve.engines.duckdb import sql_parameters
+    from calve.engines.reach import reaches
 
     try:
         used = sql_parameters(sql)
     except ValueError as exc:
         c.problem(key, f"SQL does not parse: {str(exc).splitlines()[0]}")
         return
+    path, first_line = origin
+    for reach in reaches(sql):  # what the engine would refuse at run time, named here first
+        c.problem_at(path, first_line + reach.line - 1, key, reach.message)
     for name in sorted(used - names):
         c.problem(
             key,
