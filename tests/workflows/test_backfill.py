@@ -95,6 +95,15 @@ MONTHLY = """
 """
 
 PIPELINE = ("clean", "daily", "monthly")
+REPORT = """
+id: report
+steps:
+  - id: report
+    inputs:
+      clean: {table: shop.clean}
+    sql: SELECT count(*) AS n FROM clean
+    output: {table: shop.report, mode: overwrite}
+"""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -297,7 +306,11 @@ def test_plan_errors_name_the_problem_and_the_fix(project_with: ProjectFactory) 
         plan_backfill(bf.runner, bf.workflows, "clean", "2026-03-05", "2026-03-02")
     with pytest.raises(BackfillError, match="not a duration"):
         plan_backfill(bf.runner, bf.workflows, "clean", "2026-03-01", "2026-03-02", chunk="1x")
+    # a workflow that reads a rewritten table whole (no incremental input) is not downstream
+    (project.root / "workflows" / "report.yaml").write_text(REPORT)
+    bf = backfiller(Project(project.root))
     plan = plan_backfill(bf.runner, bf.workflows, "clean", "2026-03-01", "2026-03-20", chunk="7d")
+    assert [d.workflow for d in plan.downstream] == ["daily", "monthly"]
     assert [c.label for c in plan.chunks] == [
         "[2026-03-01, 2026-03-07]",
         "[2026-03-08, 2026-03-14]",

@@ -359,7 +359,7 @@ def _downstream(
             for step in other.steps:
                 if (other.id, step.id) in backfilled:
                     continue
-                reads = {i.table for i in step.inputs} & rewritten
+                reads = {i.table for i in step.incremental_inputs} & rewritten  # sees the changes
                 if not reads:
                     continue
                 steps, tables, targets = found.setdefault(other.id, ([], set(), []))
