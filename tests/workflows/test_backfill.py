@@ -228,6 +228,17 @@ def test_business_logic_change_backfilled_and_propagated_downstream(project_with
     assert sorted({p["calve.backfill.chunk"] for p in marked}) == ["0", "1", "2"]
     assert {p[VERSION_PROPERTY] for p in marked} == {project.workflow("clean").version}
 
+    # the web UI's page of the backfill shows each chunk's step outcome and links its downstream runs
+    from starlette.testclient import TestClient
+
+    from calve.ui.app import create_app
+
+    page = TestClient(create_app(project), base_url="http://127.0.0.1").get(
+        f"/backfills/{record.backfill_id}"
+    )
+    first_run = result.chunks[0].metrics["downstream_runs"][0]["run_id"]
+    assert "clean: committed" in page.text and f'href="/runs/{first_run}"' in page.text
+
     # the stale-range report: before the backfill, all of clean was built by the old version; now
     # only the days outside the range are
     from calve.workflows.versions import RangeKind, stale_ranges
