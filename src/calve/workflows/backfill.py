@@ -40,12 +40,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.expressions import BooleanExpression
-from pyiceberg.table import Table
+from pyiceberg.table import FileScanTask, Table
 
 from calve import _faults
 from calve.capture.changelog import CHANGE_TYPE_COLUMN, INSERT
+from calve.capture.ranges import file_bounds
 from calve.catalog import load_table
 from calve.errors import CalveError, DataError, RunLockedError
+from calve.read.duckdb_scan import read_all
 from calve.read.planning import plan_files, read_files
 from calve.state.backfills import BackfillLog, BackfillRecord, BackfillStatus, ChunkRecord
 from calve.workflows.filters import expression
@@ -656,7 +658,7 @@ class Backfiller:
         _check_inside(step, data, plan.column, chunk)
         self._run_checks(step, inputs, data)
         condition = chunk.expression(plan.column)
-        existing = read_files(target, plan_files(target, condition), condition, target.schema())
+        existing = _read_chunk(target, plan.column, chunk, condition)
         rows_read = inputs.reads.rows_read
         same = _same_rows(data, existing)
         if same and not advance:
@@ -838,6 +840,32 @@ def _has_marker(table: Table, snapshot_id: int, marker: Mapping[str, str]) -> bo
     snapshot = table.metadata.snapshot_by_id(snapshot_id)
     props = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
     return all(props.get(k) == v for k, v in marker.items())
+
+
+def _read_chunk(target: Table, column: str, chunk: Chunk, condition: BooleanExpression) -> pa.Table:
+    """The target's rows in the chunk: by DuckDB when every file lies in the chunk by its bounds
+    and has no deletes (then a file's rows are all in it; about twice as fast), else by ArrowScan
+    with the chunk's filter."""
+    tasks = plan_files(target, condition)
+    field = target.schema().find_field(column)
+
+    def inside(task: FileScanTask) -> bool:
+        low, high = file_bounds(task.file, field.field_id, field.field_type)
+        if task.delete_files or low is None or high is None:
+            return False
+        try:
+            return bool(
+                low >= chunk.lo
+                and (high < chunk.hi if chunk.kind is RangeKind.TIMESTAMP else high <= chunk.hi)
+            )
+        except TypeError:  # a zoned timestamp against naive bounds: let the filter decide
+            return False
+
+    if all(inside(task) for task in tasks):
+        rows = read_all(target, tasks, target.schema())
+        if rows is not None:
+            return rows
+    return read_files(target, tasks, condition, target.schema())
 
 
 def _check_inside(step: StepSpec, data: pa.Table, column: str, chunk: Chunk) -> None:
