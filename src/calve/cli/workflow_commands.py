@@ -460,8 +460,7 @@ def scheduler(
         from calve.observe.logs import JsonLog
 
         json_log = JsonLog()
-        runner.progress = engine.log = json_log.progress
-        engine.on_firing = json_log.firing
+        runner.progress, engine.log, engine.on_firing = json_log.progress, json_log.log, json_log.firing
     stop_metrics = None
     if metrics_port is not None:
         from calve.observe.prometheus import SchedulerMetrics
