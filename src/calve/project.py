@@ -98,6 +98,11 @@ workflows: {DEFAULT_WORKFLOWS}
 # A run whose process stopped heartbeating this long ago no longer holds its workflow's lock.
 lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
 
+# Run metrics (docs/observability.md): each run records how many rows a lookback of this many days
+# over its range column would have read (from manifest statistics), beside the rows it read.
+# observe:
+#   lookback_days: {DEFAULT_LOOKBACK_DAYS}            # 0: no estimate
+
 # Table maintenance by the scheduler (`calve maintain TABLE` by hand): compaction and snapshot
 # expiry of the workflows' output tables (and `tables`). Without this section the scheduler
 # maintains nothing. Uncomment to enable: the values shown are the defaults, except the examples
@@ -115,11 +120,6 @@ lock_stale_after: {format_duration(DEFAULT_LOCK_STALE_AFTER_S)}
 #   expire_older_than: {format_duration(DEFAULT_EXPIRE_OLDER_THAN_S)}  # checkpoints are always kept
 #   retain_last: {DEFAULT_RETAIN_LAST}
 #   checkpoint_namespaces: null # where to look for consumer checkpoints; default: everywhere
-
-# Run metrics (docs/observability.md): each run records how many rows a lookback of this many days
-# over its range column would have read (from manifest statistics), beside the rows it read.
-# observe:
-#   lookback_days: {DEFAULT_LOOKBACK_DAYS}            # 0: no estimate
 """
 
 EXAMPLE_WORKFLOW = """\

@@ -227,3 +227,21 @@ def test_no_extra_collection_with_calve_observe_0(
     (step,) = result.steps
     assert step.metrics.timings is None and step.metrics.skew is None and step.metrics.peak_rss_bytes is None
     assert result.run.metrics.rows_written == 2 and result.run.metrics.lookback_rows_estimate is None
+
+
+def test_the_observe_section_of_calve_yaml(tmp_path: Path) -> None:
+    from calve.errors import ProjectError
+    from calve.project import DEFAULT_SETTINGS
+
+    def settings(text: str, name: str) -> Project:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "calve.yaml").write_text(text)
+        return Project(tmp_path / name)
+
+    lines = DEFAULT_SETTINGS.splitlines()
+    start = lines.index("# observe:")
+    enabled = [line.removeprefix("# ") if start <= i <= start + 1 else line for i, line in enumerate(lines)]
+    assert settings("\n".join(enabled) + "\n", "commented").settings.lookback_days == 14
+    assert settings("observe: {lookback_days: 0}\n", "off").settings.lookback_days == 0
+    with pytest.raises(ProjectError, match=r"calve.yaml:1: observe.lookback_days: must be a whole number"):
+        settings("observe: {lookback_days: -3}\n", "bad")

@@ -460,8 +460,7 @@ def scheduler(
         from calve.observe.logs import JsonLog
 
         json_log = JsonLog()
-        runner.progress = engine.log = json_log.progress
-        engine.on_firing = json_log.firing
+        runner.progress, engine.log, engine.on_firing = json_log.progress, json_log.log, json_log.firing
     stop_metrics = None
     if metrics_port is not None:
         from calve.observe.prometheus import SchedulerMetrics
@@ -555,5 +554,27 @@ def _render_run(console: Console, run: dict[str, Any]) -> None:
             str(m.get("committed_snapshot_id") or ""),
         )
     console.print(grid)
+    summary = _metrics_line(run.get("metrics") or {})
+    if summary:
+        console.print(summary, markup=False)
     if run.get("error"):
         console.print(f"[red]error:[/red] {run['error']}", markup=True, highlight=False)
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    """The run's metrics in one line (docs/observability.md): CPU, memory, freshness, lookback."""
+    parts = []
+    if metrics.get("cpu_s") is not None:
+        parts.append(f"cpu {metrics['cpu_s']:.2f}s")
+    if metrics.get("peak_rss_bytes"):
+        parts.append(f"peak memory {human_bytes(metrics['peak_rss_bytes'])}")
+    if metrics.get("freshness_s") is not None:
+        parts.append(f"freshness {metrics['freshness_s']:.1f}s")
+    if metrics.get("lookback_rows_estimate") is not None:
+        parts.append(
+            f"{metrics.get('rows_read', 0):,} rows read, where a {metrics['lookback_days']}-day lookback "
+            f"would have read {metrics['lookback_rows_estimate']:,}"
+        )
+    if metrics.get("error_class"):
+        parts.append(f"error class {metrics['error_class']}")
+    return ("metrics: " + ", ".join(parts)) if parts else ""
