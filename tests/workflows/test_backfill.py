@@ -398,6 +398,10 @@ def test_killed_backfill_resumes_exactly(project_with: ProjectFactory, crash_at:
         if s.summary and "calve.backfill.id" in s.summary.additional_properties
     ]
     assert sorted(commits) == ["0", "0", "1", "1", "2", "2"]  # no chunk applied twice
+    # every chunk is known as rebuilt by the new version, the one killed after its commit too
+    status = json.loads(_cli(project, "status", "clean", "--json").stdout)
+    (step,) = status["workflows"][0]["steps"]
+    assert [(s["from"], s["to"]) for s in step["stale"]] == [(str(high + dt.timedelta(days=1)),) * 2]
 
 
 def test_backfill_command_plan_json_and_confirmation(project_with: ProjectFactory) -> None:

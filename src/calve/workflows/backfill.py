@@ -605,7 +605,8 @@ class Backfiller:
         chunk_marker = {BACKFILL_PROPERTY: record.backfill_id, CHUNK_PROPERTY: str(chunk.index)}
         marker = {**chunk_marker, STEP_PROPERTY: step.id}
         done = _marked_snapshot(target, marker)
-        if done is not None:
+        if done is not None:  # a killed run of this chunk committed it: note it (again), apply nothing
+            self._note(plan, record, chunk, step, done)
             return StepOutcome(step.id, "already committed", snapshot_id=done)
         consumer = Consumer(catalog, workflow.consumer_name(step), self.runner.state)
         tables: dict[str, Table] = {}
@@ -672,18 +673,7 @@ class Backfiller:
             target, advance, data, mode=WriteMode.OVERWRITE, overwrite_filter=condition, properties=properties
         )
         _faults.crash_point("backfill.after_step_commit")
-        note_commit(
-            self.log,
-            workflow.id,
-            workflow.version,
-            step,
-            result.snapshot_id,
-            (chunk.lo, chunk.last),
-            column=plan.column,
-            complete=True,
-            backfill_id=record.backfill_id,
-            at=time.time(),
-        )
+        self._note(plan, record, chunk, step, result.snapshot_id)
         return StepOutcome(
             step.id,
             "committed",
@@ -692,6 +682,28 @@ class Backfiller:
             rows_before=existing.num_rows,
             snapshot_id=result.snapshot_id,
             checkpoint_advanced=bool(advance),
+        )
+
+    def _note(
+        self,
+        plan: BackfillPlan,
+        record: BackfillRecord,
+        chunk: Chunk,
+        step: StepSpec,
+        snapshot_id: int | None,
+    ) -> None:
+        """Note the chunk's commit of `step` as a complete rebuild of the chunk by this version."""
+        note_commit(
+            self.log,
+            plan.workflow.id,
+            plan.workflow.version,
+            step,
+            snapshot_id,
+            (chunk.lo, chunk.last),
+            column=plan.column,
+            complete=True,
+            backfill_id=record.backfill_id,
+            at=time.time(),
         )
 
     def _read(
