@@ -7,14 +7,13 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from pyiceberg.catalog.sql import SqlCatalog
 
 from calve.cli.app import cli
 from calve.ui import svg
-from calve.ui.lateness import event_time_columns, manifest_lateness
+from calve.ui.lateness import event_time_columns, recent_ancestor
 from calve.ui.schedule import next_due
 from calve.workflows.model import TriggerKind, TriggerSpec
 from tests.conftest import ICEBERG_EVENTS, ProjectFactory, events
@@ -62,26 +61,16 @@ def test_next_due_of_each_kind_of_trigger() -> None:
     assert next_due(incremental, None, NOW).next_at is None
 
 
-def test_lateness_is_commit_time_minus_the_files_event_time_bounds(catalog: SqlCatalog) -> None:
+def test_the_table_page_lateness_window_and_event_time_columns(catalog: SqlCatalog) -> None:
     table = catalog.create_table("db.events", schema=ICEBERG_EVENTS)
-    table.append(events(range(10), day=3))
-    table.append(pa.concat_tables([events(range(10, 15), day=1)]))
+    assert recent_ancestor(table, 1) is None  # no history yet
+    for day in (1, 2, 3):
+        table.append(events(range(day * 10, day * 10 + 5), day=day))
     assert event_time_columns(table) == ["ts", "day"]
-    found = manifest_lateness(table, "day")
-    assert [len(s.files) for s in found] == [1, 1]
-    newest, oldest = found
-    for snapshot, day in ((newest, 1), (oldest, 3)):
-        (entry,) = snapshot.files
-        committed = table.snapshot_by_id(snapshot.snapshot_id).timestamp_ms / 1000  # type: ignore[union-attr]
-        midnight = dt.datetime(2026, 1, day, tzinfo=UTC).timestamp()
-        assert entry.max_lateness_s == pytest.approx(committed - midnight)
-        assert entry.records == (5 if day == 1 else 10)
-    by_ts = manifest_lateness(table, "ts")
-    (entry,) = by_ts[1].files  # ids 0..9 at hours 0..9 of January 3rd
-    assert entry.event_time_min == dt.datetime(2026, 1, 3, 0, tzinfo=UTC)
-    assert entry.event_time_max == dt.datetime(2026, 1, 3, 9, tzinfo=UTC)
-    with pytest.raises(Exception, match="event-time columns: ts, day"):
-        manifest_lateness(table, "nope")
+    first, second, _ = (s.snapshot_id for s in table.metadata.snapshots)
+    assert recent_ancestor(table, 1) == second  # the report after it covers the newest snapshot
+    assert recent_ancestor(table, 2) == first
+    assert recent_ancestor(table, 3) is None  # the history is shorter: everything
 
 
 def test_svg_escapes_every_text_it_draws() -> None:

@@ -127,6 +127,9 @@ class UI:
             return {}, list(exc.problems)
 
 
+LATENESS_SNAPSHOTS = 100  # the table page's lateness covers this many of the newest snapshots
+
+
 def create_app(
     project: Project, *, allow_actions: bool = False, allowed_hosts: Sequence[str] | None = None
 ) -> Starlette:
@@ -286,7 +289,8 @@ def create_app(
 
     def table_page(request: Request) -> Response:
         from calve.catalog import load_table
-        from calve.ui.lateness import event_time_columns, manifest_lateness
+        from calve.observe.lateness import lateness_report
+        from calve.ui.lateness import event_time_columns, recent_ancestor
         from calve.ui.tables import consumer_lag, snapshot_rows
 
         name = request.path_params["name"]
@@ -302,29 +306,32 @@ def create_app(
         loaded, _ = ui.workflows()
         candidates = event_time_columns(table)
         column = request.query_params.get("column") or _event_time_column(loaded, name, candidates)
-        lateness, lateness_error = [], None
-        if column:
+        lateness: list[Any] = []
+        lateness_error = None
+        if column:  # the `calve lateness` report over the last 100 snapshots, newest first
             try:
-                lateness = manifest_lateness(table, column)
+                since = recent_ancestor(table, LATENESS_SNAPSHOTS)
+                report = lateness_report(table, column, since_snapshot_id=since)
+                lateness = list(reversed(report.snapshots))
             except CalveError as exc:
                 lateness_error = str(exc)
-        files = [f for snap in lateness for f in snap.files]
+        known = [s for s in lateness if s.lateness_max_s is not None]
         lateness_chart = svg.chart(
             [
                 svg.Series(
-                    "oldest event of a file",
-                    [(f.committed_at, f.max_lateness_s) for f in files],
+                    "its oldest row",
+                    [(s.timestamp_ms / 1000, s.lateness_max_s) for s in known],
                     "series-a",
                     False,
                 ),
                 svg.Series(
-                    "newest event of a file",
-                    [(f.committed_at, f.min_lateness_s) for f in files],
+                    "its newest row",
+                    [(s.timestamp_ms / 1000, s.lateness_min_s) for s in known],
                     "series-b",
                     False,
                 ),
             ],
-            title=f"lateness of {column} at commit, per added file" if column else "lateness",
+            title=f"lateness of {column} at commit, per snapshot" if column else "lateness",
             y_label="late by",
             y_format=svg.duration_label,
         )
