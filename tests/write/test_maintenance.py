@@ -267,7 +267,7 @@ def test_the_commented_maintenance_section_of_a_new_calve_yaml_is_valid(tmp_path
 
     lines = DEFAULT_SETTINGS.splitlines()
     start = lines.index("# maintenance:")
-    end = lines.index("", start)  # the section ends at the next blank line
+    end = lines.index("", start) if "" in lines[start:] else len(lines)  # up to a blank line or the end
     enabled = [line.removeprefix("# ") if start <= i < end else line for i, line in enumerate(lines)]
     policy = _project(tmp_path, "\n".join(enabled) + "\n").settings.maintenance
     assert policy is not None
