@@ -457,7 +457,10 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
 
 
 def _column_value(name: str, value: Any) -> Any:
-    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON."""
+    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON, flags as
+    0 or 1 (an INTEGER column: PostgreSQL does not take a boolean for it)."""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, RunStatus):
         return value.value
     if isinstance(value, RunMetrics):
