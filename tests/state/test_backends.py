@@ -143,3 +143,39 @@ def test_a_password_never_appears_in_a_message() -> None:
     with pytest.raises(ConfigError) as caught:  # nothing listens on port 1
         StateStore("postgresql://calve:s3cret@127.0.0.1:1/calve")
     assert "s3cret" not in str(caught.value) and "calve:***@127.0.0.1:1" in str(caught.value)
+
+
+def test_calve_yaml_takes_a_postgresql_url_and_refuses_other_schemes(tmp_path: Path) -> None:
+    from calve.errors import ProjectError
+    from calve.project import Project
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "calve.yaml").write_text("state: postgresql://calve@db:5432/calve\nwarehouse: shared/wh\n")
+    settings = Project(root).settings
+    assert settings.state == "postgresql://calve@db:5432/calve"
+    assert settings.warehouse == (root / "shared" / "wh").resolve().as_uri()
+    (root / "calve.yaml").write_text("state: mysql://calve@db/calve\n")
+    with pytest.raises(ProjectError, match=r"calve.yaml:1: state: mysql:// is not a database calve can use"):
+        Project(root)
+
+
+@pytest.mark.postgresql
+def test_the_projects_catalog_commits_tables_in_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    import psycopg
+    import pyarrow as pa
+
+    from calve.project import Project
+    from tests.conftest import make_project
+
+    project = make_project(tmp_path / "project", f"catalog: {postgres_url}\nwarehouse: shared/warehouse\n")
+    catalog = project.catalog
+    catalog.create_namespace("db")
+    table = catalog.create_table("db.t", schema=pa.schema([("id", pa.int64())]))
+    table.append(pa.table({"id": pa.array([1, 2, 3], pa.int64())}))
+    again = Project(project.root).catalog  # opened afresh, as another process would
+    assert sorted(again.load_table("db.t").scan().to_arrow()["id"].to_pylist()) == [1, 2, 3]
+    with psycopg.connect(postgres_url) as db:  # the table's pointer is a row in PostgreSQL
+        (location,) = db.execute("SELECT metadata_location FROM iceberg_tables").fetchone()  # type: ignore[misc]
+    assert location == again.load_table("db.t").metadata_location
+    assert location.startswith((project.root / "shared" / "warehouse").as_uri())
