@@ -179,3 +179,21 @@ def test_the_projects_catalog_commits_tables_in_postgresql(postgres_url: str, tm
         (location,) = db.execute("SELECT metadata_location FROM iceberg_tables").fetchone()  # type: ignore[misc]
     assert location == again.load_table("db.t").metadata_location
     assert location.startswith((project.root / "shared" / "warehouse").as_uri())
+
+
+@pytest.mark.postgresql
+def test_a_store_reconnects_after_the_server_dropped_its_connection(postgres_url: str) -> None:
+    import contextlib
+
+    import psycopg
+
+    store = StateStore(postgres_url)
+    assert store.create_run(_run("r1"))
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # as a server restart would
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with contextlib.suppress(psycopg.OperationalError):  # the call that finds it gone fails...
+        store.runs()
+    assert [run.run_id for run in store.runs()] == ["r1"]  # ...and the next one opens a new connection

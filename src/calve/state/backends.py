@@ -126,7 +126,8 @@ class Backend:
     def _connection(self) -> Any:
         """This thread's connection, opened on first use (and again in a forked child)."""
         connection = getattr(self._local, "connection", None)
-        if connection is None or getattr(self._local, "pid", None) != os.getpid():
+        stale = connection is not None and getattr(connection, "closed", False)  # a server that went away
+        if connection is None or stale or getattr(self._local, "pid", None) != os.getpid():
             connection = self._open()
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
