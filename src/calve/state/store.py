@@ -60,7 +60,7 @@ class StateStore:
             path = calve_home() / "state.db"
         self.backend = open_backend(path)
         # the SQLite file's path (None on PostgreSQL), and what messages call the store
-        self.path: Path | None = path if isinstance(path, Path) else None
+        self.path: Path | None = getattr(self.backend, "path", None)
         self.location = self.backend.description
         with self._connect() as db:
             self._migrate(db)
