@@ -86,3 +86,6 @@ def events(ids: range | list[int], day: int = 1, name: str = "n") -> pa.Table:
         },
         schema=EVENTS,
     )
+
+
+from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures, marked postgresql)

@@ -47,7 +47,7 @@ def test_every_problem_of_calve_yaml_is_a_project_error_with_its_line(tmp_path: 
     assert not isinstance(caught.value, WorkflowError)
     assert caught.value.problems == [
         "calve.yaml:2: engnie: unknown key 'engnie' (did you mean 'engine'?); "
-        "allowed here: catalog, engine, state, workflows, lock_stale_after, maintenance, observe",
+        "allowed here: catalog, warehouse, engine, state, workflows, lock_stale_after, maintenance, observe",
         "calve.yaml:3: state: must be a string, not int; leave it out for the default",
         "calve.yaml:4: lock_stale_after: 'soon' is not a duration: use a number and a unit, as in 90s, 15m, "
         "2h, 1d",

@@ -28,16 +28,39 @@ def calve_home(cwd: Path | None = None) -> Path:
     return (cwd or Path.cwd()).resolve() / ".calve"
 
 
-def embedded_catalog(home: Path | None = None) -> SqlCatalog:
-    """The zero-configuration catalog: SQLite metadata and a local warehouse under `home`."""
+def embedded_catalog(home: Path | None = None, warehouse: str | None = None) -> SqlCatalog:
+    """The zero-configuration catalog: SQLite metadata and a local warehouse under `home` (or at the
+    `warehouse` URI)."""
     home = (home or calve_home()).resolve()
-    warehouse = home / "warehouse"
-    warehouse.mkdir(parents=True, exist_ok=True)
-    return SqlCatalog(
-        EMBEDDED_CATALOG_NAME,
-        uri=f"sqlite:///{home / 'catalog.db'}",
-        warehouse=warehouse.as_uri(),
-    )
+    if warehouse is None:
+        folder = home / "warehouse"
+        folder.mkdir(parents=True, exist_ok=True)
+        warehouse = folder.as_uri()
+    home.mkdir(parents=True, exist_ok=True)
+    return SqlCatalog(EMBEDDED_CATALOG_NAME, uri=f"sqlite:///{home / 'catalog.db'}", warehouse=warehouse)
+
+
+def postgresql_catalog(url: str, warehouse: str) -> SqlCatalog:
+    """The embedded catalog with its tables in PostgreSQL (`catalog: postgresql://...` in calve.yaml).
+
+    pyiceberg's `SqlCatalog` keeps each table's current metadata location in a row and commits with a
+    compare-and-swap on it (an UPDATE ... WHERE metadata_location = the one the commit started
+    from), so several processes and machines may commit to it; the warehouse must be a location they
+    all reach. It goes through SQLAlchemy with psycopg 3 (`calve[postgresql]`).
+    """
+    from calve.state.backends import import_psycopg, redact
+
+    import_psycopg("a PostgreSQL catalog")
+    scheme, rest = url.split("://", 1)
+    try:
+        return SqlCatalog(EMBEDDED_CATALOG_NAME, uri=f"postgresql+psycopg://{rest}", warehouse=warehouse)
+    except Exception as exc:  # SQLAlchemy's errors name the driver's: one line, with no password
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"cannot open the catalog {redact(url)}: {message}. Check `catalog:` in calve.yaml "
+            f"({scheme}://USER@HOST:PORT/DATABASE; the password from the URL or PGPASSWORD / ~/.pgpass) "
+            "and that the server is up"
+        ) from None
 
 
 def open_catalog(name: str | None = None) -> Catalog:

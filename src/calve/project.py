@@ -48,7 +48,16 @@ DEFAULT_STATE = ".calve/state.db"
 DEFAULT_WORKFLOWS = "workflows"
 # a run whose process stopped heartbeating this long ago no longer holds its workflow's lock
 DEFAULT_LOCK_STALE_AFTER_S = 600
-SETTINGS_KEYS = ("catalog", "engine", "state", "workflows", "lock_stale_after", "maintenance", "observe")
+SETTINGS_KEYS = (
+    "catalog",
+    "warehouse",
+    "engine",
+    "state",
+    "workflows",
+    "lock_stale_after",
+    "maintenance",
+    "observe",
+)
 # `observe:`: a run's lookback estimate is what a lookback of this many days would have read
 # (calve.observe.lookback; 0 turns the estimate off)
 DEFAULT_LOOKBACK_DAYS = 14
@@ -83,13 +92,21 @@ DEFAULT_SETTINGS = f"""\
 # calve project settings. Every key is optional: these are the defaults.
 
 # The Iceberg catalog: "embedded" (SQLite catalog and warehouse in .calve/, no server),
-# or the name of a catalog in .pyiceberg.yaml / PYICEBERG_CATALOG__<NAME>__* variables.
+# a postgresql://USER@HOST:PORT/DATABASE URL (the embedded catalog's tables in PostgreSQL, for
+# several machines: docs/deployment.md), or the name of a catalog in .pyiceberg.yaml /
+# PYICEBERG_CATALOG__<NAME>__* variables.
 catalog: {DEFAULT_CATALOG}
+
+# Where the embedded catalog's tables keep their files (a folder, relative to this file, or a
+# file:// URI); default: .calve/warehouse. With several machines, a folder they all mount.
+# warehouse: .calve/warehouse
 
 # The engine that runs SQL steps: duckdb (in process).
 engine: {DEFAULT_ENGINE}
 
-# Run history, run locks and trigger state (SQLite), relative to this file.
+# Run history, run locks and trigger state: a SQLite file, relative to this file, or a
+# postgresql://USER@HOST:PORT/DATABASE URL (several schedulers on several machines share it; the
+# password from the URL or PGPASSWORD / ~/.pgpass; needs pip install 'calve[postgresql]').
 state: {DEFAULT_STATE}
 
 # Where workflow files live, relative to this file.
@@ -174,15 +191,16 @@ class MaintenancePolicy:
 
 @dataclass(frozen=True)
 class Settings:
-    catalog: str | None
+    catalog: str | None  # None: the embedded catalog; a postgresql:// URL; or a pyiceberg catalog's name
     engine: str
-    state: Path
+    state: Path | str  # a SQLite file, or a postgresql:// URL (calve.state.backends)
     workflows: Path
     lock_stale_after_s: int
     # None without a `maintenance:` section: the scheduler maintains nothing (calve maintain
     # then uses MaintenancePolicy's defaults)
     maintenance: MaintenancePolicy | None = None
     lookback_days: int = DEFAULT_LOOKBACK_DAYS  # `observe: {lookback_days: N}`
+    warehouse: str | None = None  # the embedded catalog's warehouse URI; None: the project home's
 
 
 class Project:
@@ -199,10 +217,15 @@ class Project:
 
     @cached_property
     def catalog(self) -> Catalog:
-        from calve.catalog import embedded_catalog, open_catalog
+        from calve.catalog import embedded_catalog, open_catalog, postgresql_catalog
+        from calve.state.backends import is_postgresql_url
 
         name = self._catalog_override or self.settings.catalog
-        return embedded_catalog(self.home) if name is None else open_catalog(name)
+        if name is None:
+            return embedded_catalog(self.home, self.settings.warehouse)
+        if is_postgresql_url(name):
+            return postgresql_catalog(name, self.settings.warehouse or _warehouse_uri(self.home, "warehouse"))
+        return open_catalog(name)
 
     @cached_property
     def state(self) -> StateStore:
@@ -271,10 +294,20 @@ def _load_settings(root: Path) -> Settings:
         checker = Checker(doc, root)
         raw = checker.mapping(doc.value if doc.value is not None else {}, (), SETTINGS_KEYS)
         raw = {name: value for name, value in raw.items() if value is not None}  # `key:` is the default
-        for name in ("catalog", "engine", "state", "workflows"):
+        for name in ("catalog", "warehouse", "engine", "state", "workflows"):
             if name in raw and not isinstance(raw[name], str):
                 checker.problem(
                     (name,), f"must be a string, not {type(raw[name]).__name__}; leave it out for the default"
+                )
+                del raw[name]
+        for name in ("state", "catalog"):
+            value = raw.get(name)
+            known = ("postgresql:", "postgres:")
+            if isinstance(value, str) and "://" in value and not value.startswith(known):
+                checker.problem(
+                    (name,),
+                    f"{value.split('://')[0]}:// is not a database calve can use; write a path (SQLite) or "
+                    "postgresql://USER@HOST:PORT/DATABASE",
                 )
                 del raw[name]
         if "lock_stale_after" in raw:
@@ -295,12 +328,30 @@ def _load_settings(root: Path) -> Settings:
     return Settings(
         catalog=None if catalog == DEFAULT_CATALOG else catalog,
         engine=raw.get("engine", DEFAULT_ENGINE),
-        state=(root / raw.get("state", DEFAULT_STATE)).resolve(),
+        state=_state_location(root, raw.get("state", DEFAULT_STATE)),
         workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,
         maintenance=maintenance,
         lookback_days=lookback_days,
+        warehouse=_warehouse_uri(root, raw["warehouse"]) if "warehouse" in raw else None,
     )
+
+
+def _state_location(root: Path, value: str) -> Path | str:
+    """`state:` as the store opens it: a postgresql:// URL as written, a file's path resolved."""
+    if "://" in value:
+        return value  # a URL: checked (and its scheme named) when the store opens it
+    return (root / value).resolve()
+
+
+def _warehouse_uri(root: Path, value: str) -> str:
+    """`warehouse:` as pyiceberg takes it: a URI (file:///mnt/shared/warehouse, s3://...) as written,
+    a folder resolved against the project and created."""
+    if "://" in value:
+        return value
+    folder = (root / value).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.as_uri()
 
 
 def _observe(checker: Checker, value: Any) -> int:

@@ -29,6 +29,8 @@ HEAVY = (
     "starlette",  # the web UI's server libraries load only when `calve ui` serves
     "jinja2",
     "uvicorn",
+    "psycopg",  # the PostgreSQL driver loads only when a postgresql:// store or catalog is opened
+    "calve.state.backends",
 )
 
 # runs `calve ARGS` in a fresh interpreter and prints which heavy modules it had imported

@@ -314,3 +314,27 @@ def test_after_a_terminal_failure_the_triggers_wait_for_a_fix(tmp_path: Path) ->
     clock.advance(minutes=10)
     (fixed,) = scheduler(project, clock).tick()
     assert fixed.result is not None and fixed.result.status is RunStatus.SUCCEEDED
+
+
+def test_a_workflow_or_maintenance_leased_by_another_scheduler_is_left_to_it(tmp_path: Path) -> None:
+    """Several schedulers on one store: whoever holds a workflow's lease decides for it (and the
+    `maintenance` lease for maintenance); the others skip it until the lease is released or stale."""
+    from calve.state.leases import LeaseBook
+
+    root = tmp_path / "project"
+    init_project(root, example=False)
+    (root / "calve.yaml").write_text("maintenance:\n  every: 1h\n")
+    (root / "workflows" / "w.yaml").write_text(textwrap.dedent(ON_CHANGE))
+    project, clock = Project(root), Clock(START)
+    events, _ = create_shop(project.catalog)
+    events.append(Shop().round()[0])
+    leases = LeaseBook(project.state)
+    assert leases.acquire("workflow:on_change", "other-scheduler", ttl_s=600) is None
+    assert leases.acquire("maintenance", "other-scheduler", ttl_s=600) is None
+    assert scheduler(project, clock).tick() == []  # both are the other scheduler's to do
+    assert project.state.runs("on_change") == []
+    leases.release("workflow:on_change", "other-scheduler")
+    assert [f.trigger for f in scheduler(project, clock).tick()] == ["incremental:any:shop.events"]
+    leases.release("maintenance", "other-scheduler")
+    assert [f.trigger for f in scheduler(project, clock).tick()] == ["maintenance"]
+    assert leases.leases() == []  # a tick releases what it took

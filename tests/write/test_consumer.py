@@ -73,6 +73,27 @@ def test_a_concurrent_run_of_the_same_consumer_cannot_commit_twice(catalog: SqlC
     assert Counter(target.scan().to_arrow().column("id").to_pylist()) == Counter(range(4))
 
 
+def test_a_commit_through_a_rest_catalog_is_refused_before_anything_is_written(catalog: SqlCatalog) -> None:
+    """A REST server cannot check the checkpoint requirement (docs/deployment.md): refuse, clearly."""
+    from pyiceberg.catalog.rest import RestCatalog
+    from pyiceberg.table import Table
+
+    from calve.errors import ConfigError
+
+    source = catalog.create_table("db.src", schema=EVENTS)
+    real = catalog.create_table("db.dst", schema=EVENTS)
+    source.append(events(range(3)))
+    rest = RestCatalog.__new__(RestCatalog)  # no server: the refusal comes before any request
+    rest.name = "lakehouse"
+    target = Table(real._identifier, real.metadata, real.metadata_location, real.io, catalog=rest)
+    consumer = Consumer(catalog, "copier")
+    pending = consumer.pending(source, real)
+    with pytest.raises(ConfigError, match=r"REST catalog 'lakehouse'.*not implemented yet"):
+        consumer.commit(target, [pending], compute_changelog(source, pending).inserted)
+    real.refresh()
+    assert real.current_snapshot() is None  # nothing was written
+
+
 def test_recreated_source_table_is_detected(catalog: SqlCatalog) -> None:
     source = catalog.create_table("db.src", schema=EVENTS)
     target = catalog.create_table("db.dst", schema=EVENTS)

@@ -229,9 +229,15 @@ class BackfillLog:
     def record_commit(self, commit: StepCommit) -> None:
         with self.state.transaction() as db:
             db.execute(
-                """INSERT OR REPLACE INTO step_commits (table_name, snapshot_id, workflow, step_id,
+                """INSERT INTO step_commits (table_name, snapshot_id, workflow, step_id,
                      workflow_version, run_id, backfill_id, range_column, range_lo, range_hi, complete,
-                     committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (table_name, snapshot_id) DO UPDATE SET workflow = excluded.workflow,
+                     step_id = excluded.step_id, workflow_version = excluded.workflow_version,
+                     run_id = excluded.run_id, backfill_id = excluded.backfill_id,
+                     range_column = excluded.range_column, range_lo = excluded.range_lo,
+                     range_hi = excluded.range_hi, complete = excluded.complete,
+                     committed_at = excluded.committed_at""",
                 (
                     commit.table,
                     commit.snapshot_id,
@@ -250,11 +256,12 @@ class BackfillLog:
 
     def commits(self, workflow: str, step_id: str) -> list[StepCommit]:
         """A step's commits, oldest first."""
+        order = self.state.backend.insertion_order  # a fixed column name of the backend
         with self.state.transaction() as db:
             rows = db.execute(
-                """SELECT table_name, snapshot_id, workflow, step_id, workflow_version, range_column,
+                f"""SELECT table_name, snapshot_id, workflow, step_id, workflow_version, range_column,
                           range_lo, range_hi, complete, committed_at, run_id, backfill_id
-                   FROM step_commits WHERE workflow = ? AND step_id = ? ORDER BY committed_at, rowid""",
+                   FROM step_commits WHERE workflow = ? AND step_id = ? ORDER BY committed_at, {order}""",
                 (workflow, step_id),
             ).fetchall()
         return [

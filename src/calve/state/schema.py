@@ -1,15 +1,30 @@
 """The state store's schema: one migration function per version, applied forward on open.
 
-Version N's function migrates a store at version N-1 to N; `PRAGMA user_version` holds the version.
+Version N's function migrates a store at version N-1 to N, on either backend (calve.state.backends):
+the DDL is written once with SQLite's types and `_ddl` turns them into the backend's (INTEGER is
+BIGINT on PostgreSQL: snapshot ids are 64-bit). The version is `PRAGMA user_version` on SQLite and
+the `calve_schema` table on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
+from calve.state.backends import Transaction
 
-def _v1(db: sqlite3.Connection) -> None:
+
+class _Ddl:
+    """A migration's view of its transaction: each statement in the backend's types."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+
+    def execute(self, sql: str) -> None:
+        self.tx.execute(self.tx.backend.ddl(sql))
+
+
+def _v1(tx: Transaction) -> None:
+    db = _Ddl(tx)
     db.execute(
         """CREATE TABLE consumer_checkpoints (
                consumer TEXT NOT NULL,
@@ -24,7 +39,8 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
-def _v2(db: sqlite3.Connection) -> None:
+def _v2(tx: Transaction) -> None:
+    db = _Ddl(tx)
     db.execute(
         """CREATE TABLE runs (
                run_id TEXT PRIMARY KEY,
@@ -83,14 +99,16 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
-def _v3(db: sqlite3.Connection) -> None:
+def _v3(tx: Transaction) -> None:
+    db = _Ddl(tx)
     db.execute("ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1")
     db.execute("ALTER TABLE runs ADD COLUMN transient INTEGER NOT NULL DEFAULT 0")
     db.execute("CREATE INDEX runs_by_restart ON runs (restart_of)")
 
 
-def _v4(db: sqlite3.Connection) -> None:
+def _v4(tx: Transaction) -> None:
     """Backfills and their chunks; what each commit wrote (for stale-range reports); run metrics."""
+    db = _Ddl(tx)
     db.execute("ALTER TABLE runs ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'")
     db.execute(
         """CREATE TABLE backfills (
@@ -145,8 +163,25 @@ def _v4(db: sqlite3.Connection) -> None:
                PRIMARY KEY (table_name, snapshot_id)
            )"""
     )
+    if tx.backend.insertion_order != "rowid":  # PostgreSQL has no rowid: the order of insertion
+        db.execute(f"ALTER TABLE step_commits ADD COLUMN {tx.backend.insertion_order} BIGSERIAL")
     db.execute("CREATE INDEX step_commits_by_step ON step_commits (workflow, step_id, committed_at)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(tx: Transaction) -> None:
+    """Scheduler leases: which scheduler process decides for a workflow (or runs maintenance) now."""
+    db = _Ddl(tx)
+    db.execute(
+        """CREATE TABLE scheduler_leases (
+               name TEXT PRIMARY KEY,
+               owner TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               acquired_at REAL NOT NULL,
+               expires_at REAL NOT NULL
+           )"""
+    )
+
+
+MIGRATIONS: list[Callable[[Transaction], None]] = [_v1, _v2, _v3, _v4, _v5]
 STATE_VERSION = len(MIGRATIONS)

@@ -1,10 +1,11 @@
-"""The embedded state store: a SQLite file with run history, run locks, trigger state and a mirror of
-consumer checkpoints.
+"""The state store: run history, run locks, trigger state and a mirror of consumer checkpoints, in a
+SQLite file (the embedded default) or a PostgreSQL database (shared deployments, docs/deployment.md).
 
 The Iceberg commit of a consumer's output is the source of truth for its checkpoint; this store
 mirrors it so that `calve consumers` lists without loading every target table. Runs and their steps
 are recorded here (`calve runs`), at most one run per workflow holds the lock, and the scheduler keeps
 the last slot it fired per trigger. The schema is versioned and migrated forward on open.
+The SQL is written once for both databases; `calve.state.backends` supplies what differs.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from calve.errors import CalveError, StateStoreError
+from calve.state.backends import Transaction, open_backend
 from calve.state.records import (
     ACTIVE,
     CheckpointRecord,
@@ -51,66 +50,52 @@ class RunTotals:
 
 
 class StateStore:
-    """SQLite-backed run history, run locks, trigger state and mirror of consumer checkpoints."""
+    """Run history, run locks, trigger state and mirror of consumer checkpoints (SQLite or PostgreSQL)."""
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | str | None = None) -> None:
+        """Open (and migrate) the store at `path`: a SQLite file, or a `postgresql://` URL."""
         if path is None:
             from calve.catalog import calve_home  # (pyiceberg: only when the default is needed)
 
             path = calve_home() / "state.db"
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self.backend = open_backend(path)
+        # the SQLite file's path (None on PostgreSQL), and what messages call the store
+        self.path: Path | None = getattr(self.backend, "path", None)
+        self.location = self.backend.description
         with self._connect() as db:
-            self._migrate(db, self.path)
+            self._migrate(db)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One transaction (taking the write lock up front) on this thread's connection to the store.
+    def _connect(self) -> AbstractContextManager[Transaction]:
+        """One transaction on this thread's connection, serialized against every other transaction of
+        the store (SQLite's write lock taken up front; on PostgreSQL an advisory lock): the store's
+        read-then-write decisions hold across processes (calve.state.backends)."""
+        return self.backend.transaction()
 
-        A connection is opened once per thread and kept: opening one costs more than most queries.
-        WAL with synchronous=NORMAL: a power cut may lose the last records (never corrupt the file);
-        what they describe stays safe, since checkpoints live in the tables' own commits.
-        """
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():  # a forked child: its own
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db, self._local.pid = db, os.getpid()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """One transaction on this thread's connection (for record kinds kept in their own module,
         such as `calve.state.backfills`)."""
         return self._connect()
 
-    @staticmethod
-    def _migrate(db: sqlite3.Connection, path: Path) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self, db: Transaction) -> None:
+        version = self.backend.schema_version(db)
         if version > STATE_VERSION:
             raise StateStoreError(
-                f"the state store {path} is at version {version}, newer than this calve understands "
-                f"({STATE_VERSION}): a newer calve wrote it. Upgrade calve (pip install -U calve), or point "
-                "`state:` in calve.yaml at another file"
+                f"the state store {self.location} is at version {version}, newer than this calve "
+                f"understands ({STATE_VERSION}): a newer calve wrote it. Upgrade calve "
+                "(pip install -U calve), or point `state:` in calve.yaml at another store"
             )
         for number in range(version, STATE_VERSION):
             try:
                 MIGRATIONS[number](db)
-            except sqlite3.Error as exc:
+            except self.backend.errors as exc:
                 raise StateStoreError(
-                    f"migrating the state store {path} from version {number} to {number + 1} failed ({exc}); "
-                    "nothing was changed (the migration runs in one transaction). Check that the file is a "
-                    "calve state store and is writable; restore it from a backup, or move it aside to start "
-                    "with an empty run history (checkpoints live in the tables and are not lost)"
+                    f"migrating the state store {self.location} from version {number} to {number + 1} failed "
+                    f"({exc}); nothing was changed (the migration runs in one transaction). Check that it is "
+                    "a calve state store and is writable; restore it from a backup, or move it aside to "
+                    "start with an empty run history (checkpoints live in the tables and are not lost)"
                 ) from None
-        db.execute(f"PRAGMA user_version = {STATE_VERSION}")  # an int constant, not user input
+        if version != STATE_VERSION:
+            self.backend.set_schema_version(db, STATE_VERSION)
 
     def record_checkpoint(self, record: CheckpointRecord) -> None:
         with self._connect() as db:
@@ -162,10 +147,11 @@ class StateStore:
         """Record a new run; False if its trigger slot already has a run (a scheduler restarted)."""
         with self._connect() as db:
             cursor = db.execute(
-                """INSERT OR IGNORE INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
+                """INSERT INTO runs (run_id, workflow, workflow_version, trigger, trigger_slot,
                      logical_date, params, status, created_at, started_at, finished_at, pins, restart_of,
                      host, pid, error, attempt, transient, metrics)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT DO NOTHING""",
                 (
                     run.run_id,
                     run.workflow,
@@ -188,14 +174,14 @@ class StateStore:
                     json.dumps(run.metrics.to_dict(), sort_keys=True),
                 ),
             )
-            if cursor.rowcount and run.trigger_slot is not None:
+            if cursor.rowcount > 0 and run.trigger_slot is not None:
                 db.execute(
                     """INSERT INTO trigger_state VALUES (?, ?, ?, ?)
                        ON CONFLICT (workflow, trigger) DO UPDATE SET
                          last_slot = excluded.last_slot, last_fired_at = excluded.last_fired_at""",
                     (run.workflow, run.trigger, run.trigger_slot, run.created_at),
                 )
-            return bool(cursor.rowcount)
+            return cursor.rowcount > 0
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         allowed = {
@@ -283,30 +269,35 @@ class StateStore:
 
     def run_totals(self) -> list[RunTotals]:
         """Per workflow and status: runs, and the sums of their durations, CPU and rows (for /metrics)."""
+        number = self.backend.json_number
         with self._connect() as db:
             rows = db.execute(
-                """SELECT workflow, status, count(*),
+                f"""SELECT workflow, status, count(*),
                           coalesce(sum(finished_at - started_at), 0),
                           count(finished_at - started_at),
-                          coalesce(sum(json_extract(metrics, '$.cpu_s')), 0),
-                          coalesce(sum(json_extract(metrics, '$.rows_read')), 0),
-                          coalesce(sum(json_extract(metrics, '$.rows_written')), 0)
+                          coalesce(sum({number("metrics", "cpu_s")}), 0),
+                          coalesce(sum({number("metrics", "rows_read")}), 0),
+                          coalesce(sum({number("metrics", "rows_written")}), 0)
                    FROM runs GROUP BY workflow, status ORDER BY workflow, status"""
             ).fetchall()
-        return [RunTotals(*row) for row in rows]
+        return [
+            RunTotals(wf, status, int(runs), float(dur), int(timed), float(cpu), int(read), int(written))
+            for wf, status, runs, dur, timed, cpu, read, written in rows
+        ]
 
     def newest_source_commits(self) -> dict[str, float]:
         """Per output table: the newest source commit (epoch s) that a committed step's output includes."""
+        target, commit_at = (
+            self.backend.json_text("metrics", "output"),
+            self.backend.json_number("metrics", "source_commit_at"),
+        )
         with self._connect() as db:
             rows = db.execute(
-                """SELECT json_extract(metrics, '$.output') AS target,
-                          max(json_extract(metrics, '$.source_commit_at'))
-                   FROM step_runs
-                   WHERE status = 'succeeded' AND json_extract(metrics, '$.source_commit_at') IS NOT NULL
-                     AND target IS NOT NULL
-                   GROUP BY target"""
+                f"""SELECT {target}, max({commit_at}) FROM step_runs
+                   WHERE status = 'succeeded' AND {commit_at} IS NOT NULL AND {target} IS NOT NULL
+                   GROUP BY {target}"""
             ).fetchall()
-        return {target: at for target, at in rows}
+        return {name: float(at) for name, at in rows}
 
     def last_slot(self, workflow: str, trigger: str) -> tuple[str | None, float | None]:
         with self._connect() as db:
@@ -352,7 +343,10 @@ class StateStore:
                         now,
                     )
             db.execute(
-                "INSERT OR REPLACE INTO run_locks VALUES (?, ?, ?, ?, ?, ?)",
+                """INSERT INTO run_locks VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (workflow) DO UPDATE SET run_id = excluded.run_id, host = excluded.host,
+                     pid = excluded.pid, acquired_at = excluded.acquired_at,
+                     heartbeat_at = excluded.heartbeat_at""",
                 (workflow, run_id, host, os.getpid(), now, now),
             )
         return None
@@ -463,7 +457,10 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
 
 
 def _column_value(name: str, value: Any) -> Any:
-    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON."""
+    """A run field as its `runs` column stores it: enums by value, pins and metrics as JSON, flags as
+    0 or 1 (an INTEGER column: PostgreSQL does not take a boolean for it)."""
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, RunStatus):
         return value.value
     if isinstance(value, RunMetrics):
@@ -473,7 +470,7 @@ def _column_value(name: str, value: Any) -> Any:
     return value
 
 
-def _end_run(db: sqlite3.Connection, run_id: str, status: RunStatus, error: str, now: float) -> None:
+def _end_run(db: Transaction, run_id: str, status: RunStatus, error: str, now: float) -> None:
     """End an active run with `status`: its running steps end with it, its lock is freed."""
     active = tuple(s.value for s in ACTIVE)
     db.execute(

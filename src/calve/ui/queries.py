@@ -1,8 +1,10 @@
 """What the web UI reads from the state store: runs, steps, checkpoints, triggers, locks, backfills.
 
 Contract: every query here only reads, with its values bound as parameters (never pasted into the
-SQL), on a connection that SQLite itself keeps read-only (`PRAGMA query_only`). Reads take no lock
-(the store is in WAL mode), so a page being served never delays a run's records. Rows come back as
+SQL), on a connection that the database itself keeps read-only (SQLite's `PRAGMA query_only`, a
+PostgreSQL session whose transactions are READ ONLY). Reads take no lock (SQLite's WAL mode,
+PostgreSQL's MVCC), so a page being served never delays a run's records. The SQL is written once for
+both (`?` placeholders, standard functions). Rows come back as
 plain dicts, keyed by column name, with their JSON columns decoded defensively: a key the page asks
 for may be absent (records written before a metric existed, or by a newer calve), never an error.
 
@@ -18,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from calve.state.backends import import_psycopg, is_postgresql_url
 
 PAGE_SIZE = 50
 
@@ -39,7 +43,8 @@ class RunFilter:
             clauses.append("status = ?")
             params.append(self.status)
         if self.trigger:
-            clauses.append("substr(trigger, 1, length(?)) = ?")  # a prefix match, with no LIKE escapes
+            # a prefix match, with no LIKE escapes (CAST: PostgreSQL types the parameter for length)
+            clauses.append("substr(trigger, 1, length(CAST(? AS TEXT))) = ?")
             params.extend([self.trigger, self.trigger])
         return " AND ".join(clauses), params
 
@@ -56,22 +61,38 @@ def decode_json(text: Any) -> dict[str, Any]:
 
 
 class StateQueries:
-    """Read-only queries on one state store file (one connection per server thread)."""
+    """Read-only queries on one state store (a SQLite file or a postgresql:// URL; one connection
+    per server thread)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, location: Path | str) -> None:
+        self.location = location
+        self.postgresql = is_postgresql_url(location)
+        self._psycopg = import_psycopg("a PostgreSQL state store") if self.postgresql else None
         self._local = threading.local()
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA query_only = ON")  # SQLite refuses any write on this connection
-            db.row_factory = sqlite3.Row
+    def _db(self) -> Any:
+        db = getattr(self._local, "db", None)
+        if db is None or (self._psycopg is not None and db.closed):
+            if self._psycopg is not None:
+                from psycopg.rows import dict_row
+
+                # autocommit: each read is its own snapshot, no transaction is left open between pages
+                db = self._psycopg.connect(str(self.location), autocommit=True, row_factory=dict_row)
+                db.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            else:
+                db = sqlite3.connect(self.location, timeout=10, isolation_level=None)
+                db.execute("PRAGMA query_only = ON")  # SQLite refuses any write on this connection
+                db.row_factory = sqlite3.Row
             self._local.db = db
         return db
 
     def _all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+        if self._psycopg is not None:
+            try:
+                rows = self._db().execute(sql.replace("%", "%%").replace("?", "%s"), params).fetchall()
+            except (self._psycopg.errors.UndefinedTable, self._psycopg.errors.UndefinedColumn):
+                return []  # a store of an older version: that page shows nothing, not an error
+            return [dict(row) for row in rows]
         try:
             return [dict(row) for row in self._db().execute(sql, params).fetchall()]
         except sqlite3.OperationalError as exc:

@@ -16,6 +16,11 @@ One tick, per workflow (in the order of their ids):
 4. Incremental triggers: fire when any (or all) of the sources has changes past the checkpoints of
    the steps that read it, and `min_interval` has passed since the trigger last fired.
 
+Several schedulers may share one state store (docs/deployment.md): the steps above, for one
+workflow, are done under the workflow's lease (calve.state.leases), which one scheduler holds at a
+time, renewed while its run runs and released after; a scheduler that finds a workflow leased skips
+it this tick. Table maintenance takes the `maintenance` lease the same way.
+
 What is pending is captured once (`Runner.pending`) and the run processes exactly that. Workflows
 are evaluated upstream first (one that writes a table before those that read it, then by id), tables
 are loaded once per tick and a run's outputs are reloaded after it: so a chain of incremental
@@ -26,8 +31,10 @@ the scheduler's process; `calve scheduler --once` does one tick.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING, Any
@@ -37,6 +44,7 @@ from pyiceberg.table import Table
 from calve.errors import CalveError, RunLockedError, TableNotFoundError
 from calve.project import Project
 from calve.state import ACTIVE, RunRecord, RunStatus
+from calve.state.leases import LeaseBook, new_owner
 from calve.workflows.model import TriggerKind, TriggerSpec, Workflow
 from calve.workflows.runner import Runner, RunResult
 from calve.workflows.triggers import CronExpression, interval_slot, parse_slot, slot_key
@@ -48,6 +56,8 @@ if TYPE_CHECKING:
 UTC = dt.UTC
 RETRY_ATTEMPTS = 3  # runs in all for one micro-batch whose failures are transient
 RETRY_BACKOFF_S = 30.0  # the first retry waits this long after the failure; each next one twice as long
+LEASE_RENEW_S = 15.0  # a scheduler renews its leases this often (or thrice per lease lifetime if shorter)
+MAINTENANCE_LEASE = "maintenance"
 
 
 @dataclass
@@ -105,42 +115,103 @@ class Scheduler:
         self._tables: dict[str, Table] = {}  # loaded once per tick
         self._maintainer: Maintainer | None = None
         self._held_notes: dict[str, str] = {}  # workflow -> why its triggers wait (logged once)
+        self.owner = new_owner()  # this scheduler, in the leases it takes
+        self._leases: LeaseBook | None = None
+
+    @property
+    def leases(self) -> LeaseBook:
+        if self._leases is None:
+            self._leases = LeaseBook(self.project.state)
+        return self._leases
+
+    @property
+    def lease_ttl_s(self) -> float:
+        """How long a lease outlives its holder's last renewal: calve.yaml's `lock_stale_after`."""
+        return float(self.runner.lock_stale_after_s)
 
     def tick(self) -> list[Firing]:
         """Evaluate every trigger once and run what is due; returns what fired."""
         self._tables = {}
         self.project.state.reap_dead_runs()
         firings: list[Firing] = []
-        for workflow in upstream_first(self.project.workflows()):
-            try:
-                firings.extend(self._recover(workflow))
-                retry = self._retry(workflow)
-                if retry is not None:
-                    firings.append(retry)
-                held = self._held(workflow)
-                if held is not None:  # its last run failed: a retry or a fix comes first
-                    if self._held_notes.get(workflow.id) != held:
-                        firings.append(Firing(workflow.id, "-", None, None, held))
-                    self._held_notes[workflow.id] = held
-                    continue
-                self._held_notes.pop(workflow.id, None)
-                for trigger in workflow.triggers:
-                    firing = self._evaluate(workflow, trigger)
-                    if firing is not None:
-                        firings.append(firing)
-            except RunLockedError as exc:
-                self.log(f"{workflow.id}: {exc}")
-            except TableNotFoundError as exc:
-                note = self._missing_table_note(workflow, exc)
-                self.log(f"{workflow.id}: {note}")
-                firings.append(Firing(workflow.id, "-", None, None, note))
-            except CalveError as exc:  # one broken workflow does not stop the others
-                self.log(f"{workflow.id}: error: {exc}")
-                firings.append(Firing(workflow.id, "-", None, None, f"error: {exc}"))
-        firings.extend(self._maintain())
+        with self._renewing_leases():
+            for workflow in upstream_first(self.project.workflows()):
+                with self._lease(f"workflow:{workflow.id}") as held:
+                    if held:
+                        self._forget_tables(workflow)  # another scheduler may have run it since
+                        firings.extend(self._tick_workflow(workflow))
+            with self._lease(MAINTENANCE_LEASE) as held:
+                if held:
+                    firings.extend(self._maintain())
         if self.metrics is not None:
             self._observe_pending()
         return firings
+
+    def _tick_workflow(self, workflow: Workflow) -> list[Firing]:
+        """Recover, retry and evaluate the triggers of one workflow (under its lease)."""
+        firings: list[Firing] = []
+        try:
+            firings.extend(self._recover(workflow))
+            retry = self._retry(workflow)
+            if retry is not None:
+                firings.append(retry)
+            held = self._held(workflow)
+            if held is not None:  # its last run failed: a retry or a fix comes first
+                if self._held_notes.get(workflow.id) != held:
+                    firings.append(Firing(workflow.id, "-", None, None, held))
+                self._held_notes[workflow.id] = held
+                return firings
+            self._held_notes.pop(workflow.id, None)
+            for trigger in workflow.triggers:
+                firing = self._evaluate(workflow, trigger)
+                if firing is not None:
+                    firings.append(firing)
+        except RunLockedError as exc:
+            self.log(f"{workflow.id}: {exc}")
+        except TableNotFoundError as exc:
+            note = self._missing_table_note(workflow, exc)
+            self.log(f"{workflow.id}: {note}")
+            firings.append(Firing(workflow.id, "-", None, None, note))
+        except CalveError as exc:  # one broken workflow does not stop the others
+            self.log(f"{workflow.id}: error: {exc}")
+            firings.append(Firing(workflow.id, "-", None, None, f"error: {exc}"))
+        return firings
+
+    @contextmanager
+    def _lease(self, name: str) -> Iterator[bool]:
+        """Hold lease `name` inside (True), or skip (False) if another live scheduler holds it."""
+        if self.leases.acquire(name, self.owner, self.lease_ttl_s) is not None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self.leases.release(name, self.owner)
+
+    @contextmanager
+    def _renewing_leases(self) -> Iterator[None]:
+        """Renew this scheduler's leases from a thread while inside: a run may outlast a lease's ttl."""
+        stop = threading.Event()
+        every = min(LEASE_RENEW_S, self.lease_ttl_s / 3)
+
+        def renew() -> None:
+            while not stop.wait(every):
+                with suppress(Exception):  # a store hiccup: the next renewal tries again
+                    self.leases.renew(self.owner, self.lease_ttl_s)
+
+        thread = threading.Thread(target=renew, name="calve-scheduler-leases", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _forget_tables(self, workflow: Workflow) -> None:
+        """Drop the workflow's tables from this tick's cache: another scheduler may have run it since
+        they were loaded, so they are reloaded before anything is decided."""
+        for name in workflow.source_tables | workflow.output_tables:
+            self._tables.pop(name, None)
 
     def _observe_pending(self) -> None:
         """Tell the metrics what each workflow has pending now, after the tick's runs (metadata only:

@@ -42,7 +42,7 @@ from pyiceberg.table.update import ValidatableTableRequirement
 from calve import _faults
 from calve.capture.changes import ChangeSet, capture_changes
 from calve.capture.icdc import IcdcTable, create_icdc_table, default_icdc_identifier
-from calve.errors import CalveError, CheckpointConflictError
+from calve.errors import CalveError, CheckpointConflictError, ConfigError
 from calve.write.merge import MergePlan, plan_merge
 from calve.write.modes import WriteMode
 from calve.write.mor import stage_merge_on_read
@@ -96,6 +96,25 @@ class AssertCheckpointUnchanged(ValidatableTableRequirement):
                 "of this consumer committed first. Nothing was committed by this run; run it again to "
                 "process what is still pending."
             )
+
+
+def _refuse_rest_catalog(target: Table) -> None:
+    """A REST catalog cannot check `AssertCheckpointUnchanged`: refuse before writing anything.
+
+    The server checks a commit's requirements, and the REST specification has a closed list of them;
+    pyiceberg's client already refuses to build a request with another (a pydantic error). Without
+    the check a race of two runs could commit the same changes twice (docs/deployment.md).
+    """
+    from pyiceberg.catalog.rest import RestCatalog
+
+    if isinstance(target.catalog, RestCatalog):
+        raise ConfigError(
+            f"cannot commit {target.name()} through the REST catalog {target.catalog.name!r}: calve's "
+            "exactly-once guard (the checkpoint must be unchanged at the commit) is a requirement that "
+            "REST catalog servers cannot check, and that path is not implemented yet. Write consumers' "
+            "outputs through a SQL catalog (catalog: embedded, or catalog: postgresql://...); see "
+            "docs/deployment.md"
+        )
 
 
 class CheckpointMirror(Protocol):
@@ -198,6 +217,7 @@ class Consumer:
             raise CalveError("mode 'merge' needs the key columns (keys=...)")
         if isinstance(data, pa.RecordBatchReader) and mode == "merge":
             data = data.read_all()
+        _refuse_rest_catalog(target)
         expected = target.metadata.properties.get(self.property_key)
         merged = {name: c.to_dict() for name, c in self.checkpoints(target).items()}
         advanced = []
