@@ -148,5 +148,20 @@ def _v4(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX step_commits_by_step ON step_commits (workflow, step_id, committed_at)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite3.Connection) -> None:
+    """The lookback estimate's state per source table and column, kept between processes
+    (calve.state.lookback; plain SQL that PostgreSQL reads the same)."""
+    db.execute(
+        """CREATE TABLE lookback_state (
+               table_uuid TEXT NOT NULL,
+               field_id INTEGER NOT NULL,
+               snapshot_id BIGINT NOT NULL,
+               state TEXT NOT NULL,
+               updated_at REAL NOT NULL,
+               PRIMARY KEY (table_uuid, field_id)
+           )"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 STATE_VERSION = len(MIGRATIONS)
