@@ -1,7 +1,8 @@
 """What the run metrics cost: a run's CPU with the extra collection on and off, side by side.
 
     .venv/bin/python benchmarks/observe.py                      # 20 pairs at 1,000 and at 100,000 rows
-    .venv/bin/python benchmarks/observe.py --pairs 10 --rows 1000,300000 --cold-cache --json
+    .venv/bin/python benchmarks/observe.py --pairs 10 --rows 1000 --cold-cache
+    .venv/bin/python benchmarks/observe.py --pairs 10 --rows 1000 --cold-cache --empty-store --json
 
 Two identical pipelines, `observed` and `plain`: a workflow of one step reads the new files of a source
 partitioned by day (`read: icdc`, 30 earlier snapshots over 30 days) and appends them to a target
@@ -35,6 +36,7 @@ from pyiceberg.types import DateType, LongType, NestedField, StringType
 
 from calve.observe import lookback
 from calve.project import Project, init_project
+from calve.state.lookback import LookbackStates
 from calve.workflows.runner import Runner
 
 SCHEMA = Schema(
@@ -68,7 +70,7 @@ def batch(start: int, count: int, day: int) -> pa.Table:
     )
 
 
-def measure(rows: int, pairs: int, cold: bool) -> dict[str, Any]:
+def measure(rows: int, pairs: int, cold: bool, empty_store: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "p"
         init_project(root, example=False)
@@ -92,8 +94,9 @@ def measure(rows: int, pairs: int, cold: bool) -> dict[str, Any]:
         def one(name: str) -> float:
             os.environ["CALVE_OBSERVE"] = "1" if name == "observed" else "0"
             if cold:
-                lookback._bounds_cache.clear()
-                lookback._live.clear()
+                lookback.forget()
+                if empty_store:
+                    LookbackStates(runner.state).clear()
             cpu = time.process_time()
             result = runner.run(project.workflow(name))
             taken = time.process_time() - cpu
@@ -118,6 +121,7 @@ def measure(rows: int, pairs: int, cold: bool) -> dict[str, Any]:
         "rows_per_run": rows,
         "pairs": pairs,
         "cold_cache": cold,
+        "empty_store": cold and empty_store,
         "cpu_s_on_median": round(statistics.median(on), 4),
         "cpu_s_off_median": round(statistics.median(off), 4),
         "ratio_of_medians": round(statistics.median(on) / statistics.median(off), 4),
@@ -132,17 +136,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--rows", default="1000,100000", help="rows per run, comma-separated sizes")
-    parser.add_argument("--cold-cache", action="store_true", help="empty the lookback's manifest cache")
+    parser.add_argument(
+        "--cold-cache", action="store_true", help="forget the lookback's memory before each run (one-shot)"
+    )
+    parser.add_argument(
+        "--empty-store", action="store_true", help="with --cold-cache: delete its stored states too"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [measure(int(n), args.pairs, args.cold_cache) for n in args.rows.split(",")]
+    results = [measure(int(n), args.pairs, args.cold_cache, args.empty_store) for n in args.rows.split(",")]
     if args.json:
         print(json.dumps(results, indent=2))
         return
     for r in results:
         print(
             f"{r['rows_per_run']:>8,} rows/run, {r['pairs']} pairs"
-            f"{' (cold cache)' if r['cold_cache'] else ''}: "
+            f"{' (cold cache' if r['cold_cache'] else ''}"
+            f"{', empty store)' if r['empty_store'] else ')' if r['cold_cache'] else ''}: "
             f"CPU on {r['cpu_s_on_median']:.4f}s, off {r['cpu_s_off_median']:.4f}s (medians); "
             f"on/off: median of pairs {r['median_pair_ratio']:.3f}, totals {r['ratio_of_totals']:.3f}"
         )

@@ -90,3 +90,16 @@ def test_a_store_newer_than_calve_says_what_to_do(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {STATE_VERSION + 1}")
     with pytest.raises(StateStoreError, match=r"newer than this calve understands.*Upgrade calve"):
         StateStore(path)
+
+
+def test_lookback_states_are_replaced_per_table_and_column(tmp_path: Path) -> None:
+    from calve.state.lookback import LookbackStates
+
+    states = LookbackStates(StateStore(tmp_path / "state.db"))
+    assert states.get("u", 2) is None
+    states.put("u", 2, 2**62, '{"a":1}')  # snapshot ids use all 64 bits
+    states.put("u", 3, 7, "{}")
+    states.put("u", 2, -(2**62), '{"a":2}')
+    assert states.get("u", 2) == (-(2**62), '{"a":2}')
+    assert states.get("u", 3) == (7, "{}")
+    assert states.clear() == 2 and states.get("u", 3) is None

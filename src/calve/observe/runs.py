@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
     from calve.capture.changes import ChangeSet
+    from calve.state.store import StateStore
     from calve.workflows.model import Workflow
 
 
@@ -27,9 +28,11 @@ def run_metrics(
     finished_at: float,
     lookback_days: int,
     changes: Mapping[tuple[str, str], ChangeSet] | None = None,
+    state: StateStore | None = None,
 ) -> RunMetrics:
     """The metrics of a run that ends with `status` now (CPU counted since `cpu_started`); `changes`
-    are the change sets its steps captured, by (step id, table), for the lookback estimate.
+    are the change sets its steps captured, by (step id, table), and `state` the state store that
+    keeps the lookback estimate's state between processes.
 
     With CALVE_OBSERVE=0 only what costs nothing is kept: CPU, rows and the error class.
     """
@@ -51,7 +54,7 @@ def run_metrics(
         by_id = {step.id: step for step in workflow.steps}
         latest = {s.step_id: s for s in steps if s.step_id in by_id}  # a foreach's last iteration
         pairs = [(by_id[step_id], record.metrics) for step_id, record in latest.items()]
-        estimate = run_lookback_rows(pairs, tables, lookback_days, changes)
+        estimate = run_lookback_rows(pairs, tables, lookback_days, changes, state)
         days = lookback_days if estimate is not None else None
     return RunMetrics(
         cpu_s=metrics.cpu_s,

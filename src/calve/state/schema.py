@@ -183,5 +183,21 @@ def _v5(tx: Transaction) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Transaction], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(tx: Transaction) -> None:
+    """The lookback estimate's state per source table and column, kept between processes
+    (calve.state.lookback; plain SQL that PostgreSQL reads the same)."""
+    db = _Ddl(tx)
+    db.execute(
+        """CREATE TABLE lookback_state (
+               table_uuid TEXT NOT NULL,
+               field_id INTEGER NOT NULL,
+               snapshot_id BIGINT NOT NULL,
+               state TEXT NOT NULL,
+               updated_at REAL NOT NULL,
+               PRIMARY KEY (table_uuid, field_id)
+           )"""
+    )
+
+
+MIGRATIONS: list[Callable[[Transaction], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 STATE_VERSION = len(MIGRATIONS)

@@ -352,6 +352,7 @@ class Runner:
             finished_at=finished_at,
             lookback_days=self.lookback_days,
             changes=run.last_changes if run is not None else None,
+            state=self.state,
         )
         record = replace(
             result.run,
