@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calve.engines import EngineSpec
 from calve.errors import ConfigError, ProjectError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.loader import load_workflow
@@ -86,7 +87,8 @@ DEFAULT_SETTINGS = f"""\
 # or the name of a catalog in .pyiceberg.yaml / PYICEBERG_CATALOG__<NAME>__* variables.
 catalog: {DEFAULT_CATALOG}
 
-# The engine that runs SQL steps: duckdb (in process).
+# The engine that runs SQL steps: duckdb (in process), daft (Daft's local runner) or ray (Daft on a
+# Ray cluster: engine: {{name: ray, address: 127.0.0.1:6379}}); daft and ray need pip install 'calve[ray]'.
 engine: {DEFAULT_ENGINE}
 
 # Run history, run locks and trigger state (SQLite), relative to this file.
@@ -175,7 +177,7 @@ class MaintenancePolicy:
 @dataclass(frozen=True)
 class Settings:
     catalog: str | None
-    engine: str
+    engine: EngineSpec
     state: Path
     workflows: Path
     lock_stale_after_s: int
@@ -241,9 +243,31 @@ class Project:
                 )
                 continue
             loaded[workflow.id] = workflow
+            if self.settings.engine.runs_daft_sql:
+                problems.extend(self._daft_problems(workflow))
         if problems:
             raise WorkflowError(problems)
         return loaded
+
+    def _daft_problems(self, workflow: Workflow) -> list[str]:
+        """What Daft's SQL cannot run in the workflow's SQL steps, each as `file:line: step ...: what`."""
+        from calve.engines.daft_sql import incompatibilities
+        from calve.workflows.model import StepKind
+
+        found = []
+        for step in workflow.steps:
+            if step.kind is not StepKind.SQL or step.sql is None:
+                continue
+            path, first_line = step.sql_origin or (workflow.path, 1)
+            try:
+                shown = path.relative_to(self.root)
+            except ValueError:
+                shown = path
+            inputs = frozenset(i.alias for i in step.inputs)
+            for problem in incompatibilities(step.sql, inputs):
+                line = first_line + problem.line - 1
+                found.append(f"{shown}:{line}: step {step.id!r}: {problem.message}")
+        return found
 
     def workflow(self, workflow_id: str) -> Workflow:
         workflows = self.workflows()
@@ -260,6 +284,7 @@ def _load_settings(root: Path) -> Settings:
     """calve.yaml's settings, defaults filled in; raises ProjectError listing every problem."""
     path = root / PROJECT_FILE
     raw: dict[str, Any] = {}
+    engine = EngineSpec(DEFAULT_ENGINE)
     stale = DEFAULT_LOCK_STALE_AFTER_S
     maintenance: MaintenancePolicy | None = None
     lookback_days = DEFAULT_LOOKBACK_DAYS
@@ -271,7 +296,12 @@ def _load_settings(root: Path) -> Settings:
         checker = Checker(doc, root)
         raw = checker.mapping(doc.value if doc.value is not None else {}, (), SETTINGS_KEYS)
         raw = {name: value for name, value in raw.items() if value is not None}  # `key:` is the default
-        for name in ("catalog", "engine", "state", "workflows"):
+        if "engine" in raw:
+            try:
+                engine = EngineSpec.parse(raw["engine"])
+            except ValueError as exc:
+                checker.problem(("engine",), str(exc))
+        for name in ("catalog", "state", "workflows"):
             if name in raw and not isinstance(raw[name], str):
                 checker.problem(
                     (name,), f"must be a string, not {type(raw[name]).__name__}; leave it out for the default"
@@ -294,7 +324,7 @@ def _load_settings(root: Path) -> Settings:
     catalog = raw.get("catalog", DEFAULT_CATALOG)
     return Settings(
         catalog=None if catalog == DEFAULT_CATALOG else catalog,
-        engine=raw.get("engine", DEFAULT_ENGINE),
+        engine=engine,
         state=(root / raw.get("state", DEFAULT_STATE)).resolve(),
         workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,
