@@ -67,7 +67,7 @@ def test_duckdb_constructs_are_rewritten_to_what_daft_runs() -> None:
         ("SELECT * FROM other_db.events", "other_db.events", 1),
         ("COPY events TO '/tmp/x.csv'", "COPY", 1),
         ("SELECT * FROM events\nWHERE amount = ANY([1, 2])", "ANY / ALL", 2),
-        ("SELECT day, sum(amount) AS s FROM events\nGROUP BY ROLLUP (day)", "ROLLUP", 2),
+        ("SELECT day, sum(amount) AS s FROM events\nGROUP BY CUBE (day)", "CUBE", 2),
         ("SELECT CAST(day AS TIMESTAMPTZ) AS t FROM events", "TIMESTAMPTZ", 1),
     ],
 )
@@ -145,7 +145,7 @@ def test_validate_names_daft_incompatibilities_with_file_and_line(
 ) -> None:
     project = project_with(settings=f"engine: {engine}\n", w=WORKFLOW)
     (project.root / "workflows" / "files.sql").write_text(
-        "-- totals and a grand total\nSELECT id, count(*) AS n FROM clean\nGROUP BY ROLLUP (id)\n"
+        "-- totals and a grand total\nSELECT id, count(*) AS n FROM clean\nGROUP BY CUBE (id)\n"
     )
     with pytest.raises(WorkflowError) as error:
         project.workflows()
@@ -154,7 +154,7 @@ def test_validate_names_daft_incompatibilities_with_file_and_line(
         p.startswith("workflows/w.yaml:9: step 'clean': ANY / ALL is not supported by Daft") for p in problems
     ), problems
     assert any(
-        p.startswith("workflows/files.sql:3: step 'files': ROLLUP is not supported") for p in problems
+        p.startswith("workflows/files.sql:3: step 'files': CUBE is not supported") for p in problems
     ), problems
     assert len(problems) == 2
     # the same files are fine for DuckDB

@@ -58,6 +58,14 @@ REACHING_FUNCTIONS = frozenset(
     }
 )
 REACHING_PREFIXES = ("read_", "url_", "file_", "write_", "embed", "prompt", "llm_")
+
+
+def reaches_out(function: str) -> bool:
+    """Whether a Daft function of this name may read or write a file, a URL or a remote service."""
+    name = function.lower()
+    return name in REACHING_FUNCTIONS or name.startswith(REACHING_PREFIXES) or name.endswith("_scan")
+
+
 DAFT_HINT = (
     "Daft's SQL (engine: daft / ray) differs here from DuckDB's; see 'SQL differences' in docs/engines.md"
 )
@@ -230,7 +238,7 @@ def _node_problems(
         return []
     if isinstance(node, exp.Func):
         name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
-        if name in REACHING_FUNCTIONS or name.startswith(REACHING_PREFIXES) or name.endswith("_scan"):
+        if reaches_out(name):
             return [
                 Problem(
                     f"{name}(...)", at(name), f"{name}(...) reads or writes outside the inputs; {REACH_HINT}"
@@ -283,9 +291,7 @@ _UNSUPPORTED: dict[str, tuple[str, str, str]] = {
     "Pivot": ("PIVOT / UNPIVOT", "PIVOT", "write the pivot as CASE aggregates"),
     "Lateral": ("LATERAL", "LATERAL", "write it as a join"),
     "Cube": ("CUBE", "CUBE", "write each grouping as a query and UNION ALL them"),
-    "Rollup": ("ROLLUP", "ROLLUP", "write each grouping as a query and UNION ALL them"),
     "GroupingSets": ("GROUPING SETS", "GROUPING", "write each grouping as a query and UNION ALL them"),
-    "TableSample": ("TABLESAMPLE / USING SAMPLE", "SAMPLE", "filter on a hash of a key instead"),
     "Lambda": ("lambda functions", "->", "use Daft's list functions without a lambda"),
 }
 
@@ -302,6 +308,7 @@ def _rewrite(tree: Any) -> Any:
     from sqlglot.transforms import eliminate_qualify
 
     tree = tree.transform(eliminate_qualify)
+    _RANKS = (exp.Count, exp.RowNumber, exp.Rank, exp.DenseRank)
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, exp.Filter) and isinstance(node.this, exp.AggFunc):
@@ -320,6 +327,12 @@ def _rewrite(tree: Any) -> Any:
             return node
         if isinstance(node, exp.Trim) and node.expression is None and not node.args.get("position"):
             return exp.Anonymous(this="strip", expressions=[node.this])
+        # Daft counts and ranks in UINT64, which mixes with a signed value as a DOUBLE
+        # (coalesce(count, 0)); DuckDB's are BIGINT: cast them so that the rest of the SQL sees BIGINT
+        counted = isinstance(node, exp.Count) and not isinstance(node.parent, exp.Window)
+        ranked = isinstance(node, exp.Window) and isinstance(node.this, _RANKS)
+        if (counted or ranked) and not isinstance(node.parent, exp.Cast):
+            return exp.cast(node.copy(), exp.DataType.build("BIGINT"))
         return node
 
     return tree.transform(rewrite)
