@@ -138,7 +138,13 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if not line and process.poll() is not None:
                 pytest.fail(f"the Ray cluster did not start:\n{log.read_text()[-3000:]}")
         address = line.split()[1]
-        os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+        os.environ.update(
+            {
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "CALVE_TEST_RAY_CLUSTER_PID": str(process.pid),  # tests/ray_kill_worker.py
+            }
+        )
         yield address
     finally:
         process.terminate()  # the cluster shuts its nodes down on SIGTERM
