@@ -1,6 +1,7 @@
 """A local Ray cluster for the tests: a head node and one worker node, both on 127.0.0.1.
 
     python tests/ray_cluster.py     # prints `ADDRESS 127.0.0.1:PORT`, runs until SIGTERM
+    python tests/ray_cluster.py --workers 2 --head-cpus 0   # the benchmark's clusters
 
 Started by the `ray_address` session fixture (tests/conftest.py) in a process group of its own and
 stopped by it at the end. It uses Ray's own multi-node-on-one-machine helper (`ray.cluster_utils`):
@@ -20,6 +21,13 @@ OBJECT_STORE_BYTES = 150 * 1024 * 1024
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=1, help="worker nodes besides the head")
+    parser.add_argument("--head-cpus", type=int, default=1)
+    parser.add_argument("--object-store-mib", type=int, default=OBJECT_STORE_BYTES >> 20)
+    args = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every node on 127.0.0.1
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
