@@ -33,11 +33,11 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ray.cluster_utils import Cluster
 
-    node = {"num_cpus": 1, "object_store_memory": OBJECT_STORE_BYTES, "node_ip_address": "127.0.0.1"}
-    cluster = Cluster(
-        initialize_head=True, connect=False, head_node_args={**node, "include_dashboard": False}
-    )
-    cluster.add_node(**node)
+    node = {"num_cpus": 1, "object_store_memory": args.object_store_mib << 20, "node_ip_address": "127.0.0.1"}
+    head = {**node, "num_cpus": args.head_cpus, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    for _ in range(args.workers):
+        cluster.add_node(**node)
     cluster.wait_for_nodes()
 
     def stop(*_: object) -> None:
