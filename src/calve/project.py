@@ -249,6 +249,10 @@ class Project:
             raise WorkflowError(problems)
         return loaded
 
+    def _shown(self, path: Path) -> Path:
+        """A path as problems show it: relative to the project folder when inside it."""
+        return path.relative_to(self.root) if path.is_relative_to(self.root) else path
+
     def _daft_problems(self, workflow: Workflow) -> list[str]:
         """What Daft's SQL cannot run in the workflow's SQL steps, each as `file:line: step ...: what`."""
         from calve.engines.daft_sql import incompatibilities
@@ -259,14 +263,18 @@ class Project:
             if step.kind is not StepKind.SQL or step.sql is None:
                 continue
             path, first_line = step.sql_origin or (workflow.path, 1)
-            try:
-                shown = path.relative_to(self.root)
-            except ValueError:
-                shown = path
+            shown = self._shown(path)
             inputs = frozenset(i.alias for i in step.inputs)
             for problem in incompatibilities(step.sql, inputs):
                 line = first_line + problem.line - 1
                 found.append(f"{shown}:{line}: step {step.id!r}: {problem.message}")
+            for check in step.checks:  # run by the engine too, over the inputs and `output`
+                for query in (check.sql,) if check.sql is not None else check.equal or ():
+                    for problem in incompatibilities(query, inputs | {"output"}):
+                        found.append(
+                            f"{self._shown(workflow.path)}: step {step.id!r}, check {check.name!r}: "
+                            f"{problem.message}"
+                        )
         return found
 
     def workflow(self, workflow_id: str) -> Workflow:

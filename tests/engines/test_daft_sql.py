@@ -174,3 +174,21 @@ def test_the_examples_need_no_change_for_daft(example: str) -> None:
                 params = {name: 1 for name in ("min_amount", "range_day_min", "range_day_max")}
                 params |= {"before_window": dt.date(2024, 1, 1), "logical_date": dt.date(2024, 1, 2)}
                 translate(step.sql, params, inputs)
+
+
+def test_validate_checks_the_checks_sql_too(project_with: ProjectFactory) -> None:
+    workflow = WORKFLOW.replace(
+        "    output: {table: db.files, mode: append}\n",
+        "    output: {table: db.files, mode: append}\n"
+        "    checks:\n"
+        "      - {name: no_pivot, sql: 'SELECT * FROM output, LATERAL (SELECT 1 AS x)'}\n",
+    ).replace("WHERE id = ANY([1, 2])", "WHERE id IN (1, 2)")
+    project = project_with(settings="engine: daft\n", w=workflow)
+    (project.root / "workflows" / "files.sql").write_text("SELECT * FROM clean\n")
+    with pytest.raises(WorkflowError) as error:
+        project.workflows()
+    assert error.value.problems == [
+        "workflows/w.yaml: step 'files', check 'no_pivot': LATERAL is not supported by Daft; write it as "
+        "a join; Daft's SQL (engine: daft / ray) differs here from DuckDB's; see 'SQL differences' in "
+        "docs/engines.md"
+    ]
