@@ -1,13 +1,16 @@
 """SQL engines: what runs a workflow's SQL steps. The embedded default is DuckDB, in process.
 
 An engine receives the step's inputs as named Arrow tables and its parameters as values, and returns
-the result as an Arrow table. Values are always bound as parameters (`$name` in the SQL), never
-pasted into the text; inputs are registered under their validated names. pyiceberg plans every scan
+the result as an Arrow table. Values (`$name` in the SQL) are never pasted into the text: DuckDB binds
+them as parameters; Daft, which has none, gets literals that sqlglot builds in the parsed tree.
+Inputs are registered under their validated names. pyiceberg plans every scan
 and does every commit, whatever the engine.
 
 Every engine keeps a step's SQL to the step's inputs: no file, URL, other database, extension or
 setting is reachable from it (the embedded engine: DuckDB with external access off and its
-configuration locked; an engine added later, such as Ray, must give the same guarantee). The SQL
+configuration locked; the Daft and Ray engines: calve's check of the parsed SQL, refusing every
+table that is not an input, every table function and every function that reads files or URLs, then
+a Daft session holding only the inputs, see `calve.engines.daft_sql`). The SQL
 text is also checked at `calve validate` (`calve.engines.reach`), which refuses the same constructs
 early, with file:line.
 
