@@ -74,7 +74,7 @@ class DaftEngine:
         session = daft.Session()
         for name, table in relations.items():
             arrow = table if isinstance(table, pa.Table) else table.to_arrow()
-            session.create_temp_table(name, daft.from_arrow(arrow) if arrow.num_rows else _empty(daft, arrow))
+            session.create_temp_table(name, daft.from_arrow(arrow))
         result: pa.Table | None = None
         for statement in query.statements:
             try:
@@ -131,11 +131,6 @@ def _current_runner() -> Any:
     from daft.runners import _get_runner
 
     return _get_runner()
-
-
-def _empty(daft: Any, arrow: pa.Table) -> Any:
-    """An empty input as a Daft frame (from_arrow of zero rows keeps the schema)."""
-    return daft.from_arrow(arrow)
 
 
 _LONG_MAX = 2**63 - 1
