@@ -128,7 +128,7 @@ def test_the_maintained_lists_match_the_installed_daft(engine: object) -> None:
         "SELECT * FROM events QUALIFY row_number() OVER (ORDER BY day) = 1",  # rewritten by calve
         "SELECT count(*) FILTER (WHERE amount > 1) AS n FROM events",  # rewritten by calve
     ]:
-        with pytest.raises(Exception, match="Unsupported|not supported|Invalid"):
+        with pytest.raises(Exception, match=r"Unsupported|not supported|Invalid"):
             frame = session.sql(sql)
             assert frame is not None
             frame.collect()
