@@ -192,3 +192,32 @@ def test_validate_checks_the_checks_sql_too(project_with: ProjectFactory) -> Non
         "a join; Daft's SQL (engine: daft / ray) differs here from DuckDB's; see 'SQL differences' in "
         "docs/engines.md"
     ]
+
+
+def test_a_missing_extra_is_shown_with_its_install_line_by_calve_run(project_with: ProjectFactory) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from calve.cli.app import cli
+
+    if importlib.util.find_spec("daft") is not None:
+        pytest.skip("daft is installed here")
+    step = """\
+        id: w
+        steps:
+          - id: s
+            inputs:
+              events: {table: db.events}
+            sql: SELECT id FROM events
+            output: {table: db.out, mode: append}
+        """
+    project = project_with(settings="engine: daft\n", w=step)
+    import pyarrow as pa
+
+    project.catalog.create_namespace("db")
+    project.catalog.create_table("db.events", schema=pa.schema([("id", pa.int64())])).append(
+        pa.table({"id": [1]})
+    )
+    result = CliRunner().invoke(cli, ["--project", str(project.root), "run", "w"])
+    assert "pip install 'calve[ray]'" in result.output, result.output

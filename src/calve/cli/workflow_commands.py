@@ -556,4 +556,7 @@ def _render_run(console: Console, run: dict[str, Any]) -> None:
         )
     console.print(grid)
     if run.get("error"):
-        console.print(f"[red]error:[/red] {run['error']}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        # escaped: an error's own brackets (`steps[0].sql`, `pip install 'calve[ray]'`) are text
+        console.print(f"[red]error:[/red] {escape(run['error'])}", markup=True, highlight=False)
