@@ -256,7 +256,10 @@ def _node_problems(
     if unsupported is not None:
         construct, word, fix = unsupported
         return [Problem(construct, at(word), f"{construct} is not supported by Daft; {fix}; {DAFT_HINT}")]
-    if isinstance(node, exp.DataType) and node.this in _TZ_TYPES:
+    if isinstance(node, exp.DataType) and node.this in (
+        exp.DataType.Type.TIMESTAMPTZ,
+        exp.DataType.Type.TIMESTAMPLTZ,
+    ):
         return [
             Problem(
                 "TIMESTAMPTZ",
@@ -269,19 +272,6 @@ def _node_problems(
 
 _FILE_LIKE = re.compile(r"[/\\]|://|\.[A-Za-z0-9]{1,8}$")
 
-
-def _tz_types() -> frozenset[Any]:
-    from sqlglot import exp
-
-    return frozenset({exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.TIMESTAMPLTZ})
-
-
-class _LazyTzTypes:
-    def __contains__(self, item: Any) -> bool:
-        return item in _tz_types()
-
-
-_TZ_TYPES = _LazyTzTypes()
 
 # sqlglot node -> (construct, word to find its line, fix): the maintained list of what Daft 0.7's
 # SQL does not run (checked against Daft by tests/engines/test_daft.py)
