@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,3 +89,72 @@ def events(ids: range | list[int], day: int = 1, name: str = "n") -> pa.Table:
 
 
 from tests.postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures, marked postgresql)
+
+
+def require_extra(*modules: str) -> None:
+    """Skip the test when an optional package is missing, with the install line; fail in CI (CI=true),
+    where scripts/test.sh installs the extra and runs these tests in a venv of their own."""
+    import importlib.util
+    import os
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return
+    message = (
+        f"needs {', '.join(missing)}: pip install -e '.[dev,ray]' in a venv of its own "
+        "(scripts/test.sh makes .venv-ray and runs `pytest -m daft` and `pytest -m ray` there)"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local Ray cluster (head + one worker node on 127.0.0.1) for the session: its address."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    require_extra("daft", "ray")
+    log = tmp_path_factory.mktemp("ray") / "cluster.log"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    script = Path(__file__).parent / "ray_cluster.py"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            env=env,
+            start_new_session=True,  # a process group of its own: stopped whole at the end
+        )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        line = ""
+        while time.monotonic() < deadline and not line.startswith("ADDRESS"):
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                pytest.fail(f"the Ray cluster did not start:\n{log.read_text()[-3000:]}")
+        address = line.split()[1]
+        os.environ.update(
+            {
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "CALVE_TEST_RAY_CLUSTER_PID": str(process.pid),  # tests/ray_kill_worker.py
+            }
+        )
+        yield address
+    finally:
+        process.terminate()  # the cluster shuts its nodes down on SIGTERM
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with contextlib.suppress(ProcessLookupError):  # a node process left behind in its group
+            os.killpg(process.pid, signal.SIGKILL)

@@ -27,7 +27,7 @@ def test_the_written_defaults_are_the_defaults(tmp_path: Path) -> None:
     empty = Project(tmp_path).settings
     assert written == empty
     assert empty.lock_stale_after_s == DEFAULT_LOCK_STALE_AFTER_S == 600
-    assert empty.catalog is None and empty.engine == "duckdb"
+    assert empty.catalog is None and empty.engine.name == "duckdb"
     assert empty.state == (tmp_path / ".calve" / "state.db").resolve()
     assert empty.workflows == (tmp_path / "workflows").resolve()
 
@@ -90,5 +90,5 @@ def test_an_unknown_key_brought_by_a_merge_is_reported_at_the_merge(tmp_path: Pa
 
 def test_a_key_without_a_value_takes_the_default(tmp_path: Path) -> None:
     settings = Project(project_with(tmp_path, "engine:\nlock_stale_after:\ncatalog:\n")).settings
-    assert settings.engine == "duckdb" and settings.lock_stale_after_s == DEFAULT_LOCK_STALE_AFTER_S
+    assert settings.engine.name == "duckdb" and settings.lock_stale_after_s == DEFAULT_LOCK_STALE_AFTER_S
     assert settings.catalog is None

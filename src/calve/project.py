@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calve.engines import EngineSpec
 from calve.errors import ConfigError, ProjectError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.loader import load_workflow
@@ -101,7 +102,8 @@ catalog: {DEFAULT_CATALOG}
 # file:// URI); default: .calve/warehouse. With several machines, a folder they all mount.
 # warehouse: .calve/warehouse
 
-# The engine that runs SQL steps: duckdb (in process).
+# The engine that runs SQL steps: duckdb (in process), daft (Daft's local runner) or ray (Daft on a
+# Ray cluster: engine: {{name: ray, address: 127.0.0.1:6379}}); daft and ray need pip install 'calve[ray]'.
 engine: {DEFAULT_ENGINE}
 
 # Run history, run locks and trigger state: a SQLite file, relative to this file, or a
@@ -192,7 +194,7 @@ class MaintenancePolicy:
 @dataclass(frozen=True)
 class Settings:
     catalog: str | None  # None: the embedded catalog; a postgresql:// URL; or a pyiceberg catalog's name
-    engine: str
+    engine: EngineSpec
     state: Path | str  # a SQLite file, or a postgresql:// URL (calve.state.backends)
     workflows: Path
     lock_stale_after_s: int
@@ -264,9 +266,39 @@ class Project:
                 )
                 continue
             loaded[workflow.id] = workflow
+            if self.settings.engine.runs_daft_sql:
+                problems.extend(self._daft_problems(workflow))
         if problems:
             raise WorkflowError(problems)
         return loaded
+
+    def _shown(self, path: Path) -> Path:
+        """A path as problems show it: relative to the project folder when inside it."""
+        return path.relative_to(self.root) if path.is_relative_to(self.root) else path
+
+    def _daft_problems(self, workflow: Workflow) -> list[str]:
+        """What Daft's SQL cannot run in the workflow's SQL steps, each as `file:line: step ...: what`."""
+        from calve.engines.daft_sql import incompatibilities
+        from calve.workflows.model import StepKind
+
+        found = []
+        for step in workflow.steps:
+            if step.kind is not StepKind.SQL or step.sql is None:
+                continue
+            path, first_line = step.sql_origin or (workflow.path, 1)
+            shown = self._shown(path)
+            inputs = frozenset(i.alias for i in step.inputs)
+            for problem in incompatibilities(step.sql, inputs):
+                line = first_line + problem.line - 1
+                found.append(f"{shown}:{line}: step {step.id!r}: {problem.message}")
+            for check in step.checks:  # run by the engine too, over the inputs and `output`
+                for query in (check.sql,) if check.sql is not None else check.equal or ():
+                    for problem in incompatibilities(query, inputs | {"output"}):
+                        found.append(
+                            f"{self._shown(workflow.path)}: step {step.id!r}, check {check.name!r}: "
+                            f"{problem.message}"
+                        )
+        return found
 
     def workflow(self, workflow_id: str) -> Workflow:
         workflows = self.workflows()
@@ -283,6 +315,7 @@ def _load_settings(root: Path) -> Settings:
     """calve.yaml's settings, defaults filled in; raises ProjectError listing every problem."""
     path = root / PROJECT_FILE
     raw: dict[str, Any] = {}
+    engine = EngineSpec(DEFAULT_ENGINE)
     stale = DEFAULT_LOCK_STALE_AFTER_S
     maintenance: MaintenancePolicy | None = None
     lookback_days = DEFAULT_LOOKBACK_DAYS
@@ -294,7 +327,12 @@ def _load_settings(root: Path) -> Settings:
         checker = Checker(doc, root)
         raw = checker.mapping(doc.value if doc.value is not None else {}, (), SETTINGS_KEYS)
         raw = {name: value for name, value in raw.items() if value is not None}  # `key:` is the default
-        for name in ("catalog", "warehouse", "engine", "state", "workflows"):
+        if "engine" in raw:
+            try:
+                engine = EngineSpec.parse(raw["engine"])
+            except ValueError as exc:
+                checker.problem(("engine",), str(exc))
+        for name in ("catalog", "warehouse", "state", "workflows"):
             if name in raw and not isinstance(raw[name], str):
                 checker.problem(
                     (name,), f"must be a string, not {type(raw[name]).__name__}; leave it out for the default"
@@ -327,7 +365,7 @@ def _load_settings(root: Path) -> Settings:
     catalog = raw.get("catalog", DEFAULT_CATALOG)
     return Settings(
         catalog=None if catalog == DEFAULT_CATALOG else catalog,
-        engine=raw.get("engine", DEFAULT_ENGINE),
+        engine=engine,
         state=_state_location(root, raw.get("state", DEFAULT_STATE)),
         workflows=(root / raw.get("workflows", DEFAULT_WORKFLOWS)).resolve(),
         lock_stale_after_s=stale,

@@ -558,7 +558,10 @@ def _render_run(console: Console, run: dict[str, Any]) -> None:
     if summary:
         console.print(summary, markup=False)
     if run.get("error"):
-        console.print(f"[red]error:[/red] {run['error']}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        # escaped: an error's own brackets (`steps[0].sql`, `pip install 'calve[ray]'`) are text
+        console.print(f"[red]error:[/red] {escape(run['error'])}", markup=True, highlight=False)
 
 
 def _metrics_line(metrics: dict[str, Any]) -> str:

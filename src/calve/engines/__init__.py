@@ -1,21 +1,32 @@
 """SQL engines: what runs a workflow's SQL steps. The embedded default is DuckDB, in process.
 
 An engine receives the step's inputs as named Arrow tables and its parameters as values, and returns
-the result as an Arrow table. Values are always bound as parameters (`$name` in the SQL), never
-pasted into the text; inputs are registered under their validated names. pyiceberg plans every scan
+the result as an Arrow table. Values (`$name` in the SQL) are never pasted into the text: DuckDB binds
+them as parameters; Daft, which has none, gets literals that sqlglot builds in the parsed tree.
+Inputs are registered under their validated names. pyiceberg plans every scan
 and does every commit, whatever the engine.
 
 Every engine keeps a step's SQL to the step's inputs: no file, URL, other database, extension or
 setting is reachable from it (the embedded engine: DuckDB with external access off and its
-configuration locked; an engine added later, such as Ray, must give the same guarantee). The SQL
+configuration locked; the Daft and Ray engines: calve's check of the parsed SQL, refusing every
+table that is not an input, every table function and every function that reads files or URLs, then
+a Daft session holding only the inputs, see `calve.engines.daft_sql`). The SQL
 text is also checked at `calve validate` (`calve.engines.reach`), which refuses the same constructs
 early, with file:line.
 
-Other engines plug in through the `calve.engines` entry point group (name -> Engine class).
+The engines built in: `duckdb` (the default, in process), `daft` (Daft's local runner) and `ray`
+(Daft on a Ray cluster; both need `pip install 'calve[ray]'`, imported only when selected). Other
+engines plug in through the `calve.engines` entry point group (name -> Engine class).
+
+calve.yaml selects one, as a name or a mapping:
+
+    engine: duckdb
+    engine: {name: ray, address: 127.0.0.1:6379}
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,20 +48,79 @@ class Engine(Protocol):
         ...
 
 
-def get_engine(name: str) -> Engine:
-    """The engine called `name`: built in (duckdb) or registered under the `calve.engines` entry points."""
+BUILT_IN = ("duckdb", "daft", "ray")
+# the engines that run Daft's SQL: `calve validate` checks a step's SQL for Daft's dialect there
+DAFT_ENGINES = frozenset({"daft", "ray"})
+ENGINE_KEYS = ("name", "address", "threads")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """calve.yaml's `engine:`: which engine runs SQL steps, and its settings.
+
+    engine: duckdb                                  # EngineSpec("duckdb")
+    engine: {name: ray, address: 127.0.0.1:6379}    # EngineSpec("ray", address=...)
+    """
+
+    name: str = "duckdb"
+    address: str | None = None  # ray: the cluster's HOST:PORT (or auto); none: a local Ray in process
+    threads: int | None = None  # duckdb, daft: worker threads (none: one per core)
+
+    @property
+    def runs_daft_sql(self) -> bool:
+        return self.name in DAFT_ENGINES
+
+    @classmethod
+    def parse(cls, value: Any) -> EngineSpec:
+        """The setting from its YAML value (a name or a mapping); raises ValueError saying the fix."""
+        if isinstance(value, str):
+            return cls(value)
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"must be an engine name or a mapping, not {type(value).__name__}; "
+                "as in engine: duckdb, or engine: {name: ray, address: 127.0.0.1:6379}"
+            )
+        unknown = sorted(str(k) for k in value if k not in ENGINE_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; an engine has {', '.join(ENGINE_KEYS)}")
+        name = value.get("name")
+        if not isinstance(name, str):
+            raise ValueError("needs name: duckdb, daft or ray (or an engine registered by a plugin)")
+        address = value.get("address")
+        if address is not None and (not isinstance(address, str) or name != "ray"):
+            raise ValueError("address is the Ray cluster's HOST:PORT, a string, for name: ray only")
+        threads = value.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a whole number of at least 1, not {threads!r}")
+        if threads is not None and name == "ray":
+            raise ValueError("threads is for duckdb and daft; a Ray cluster's size is set where it starts")
+        return cls(name, address, threads)
+
+
+def get_engine(spec: EngineSpec | str) -> Engine:
+    """The engine `spec` names: built in (duckdb, daft, ray) or registered under `calve.engines`."""
+    spec = EngineSpec(spec) if isinstance(spec, str) else spec
+    name = spec.name
     if name == "duckdb":
         from calve.engines.duckdb import DuckDBEngine
 
-        return DuckDBEngine()
+        return DuckDBEngine(spec.threads)
+    if name == "daft":
+        from calve.engines.daft import DaftEngine
+
+        return DaftEngine(spec.threads)
+    if name == "ray":
+        from calve.engines.daft import RayEngine
+
+        return RayEngine(spec.address)
     for entry in entry_points(group="calve.engines"):
         if entry.name == name:
             engine: Engine = entry.load()()
             return engine
-    available = ["duckdb", *(e.name for e in entry_points(group="calve.engines"))]
+    available = [*BUILT_IN, *(e.name for e in entry_points(group="calve.engines"))]
     raise ConfigError(
         f"no engine named {name!r}; available: {', '.join(available)} (set engine: in calve.yaml)"
     )
 
 
-__all__ = ["Engine", "SqlError", "get_engine"]
+__all__ = ["Engine", "EngineSpec", "SqlError", "get_engine"]

@@ -23,6 +23,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchNamespaceError, NoSuchTableError
 
 from calve.capture.icdc import ICDC_NAMESPACE, drop_icdc_table, is_icdc_table
+from calve.engines import Engine
 from calve.engines.duckdb import DuckDBEngine
 from calve.errors import CalveError
 from calve.playback.data import EVENTS_SCHEMA, EVENTS_SPEC, PlaybackConfig, PlaybackGenerator
@@ -149,11 +150,13 @@ def run_playback(
     config: PlaybackConfig,
     lookback_days: int = 14,
     progress: Callable[[int, int, str], None] = lambda done, total, message: None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
-    """Simulate `config.days` days with both pipelines; returns the figures of `calve demo --json`."""
+    """Simulate `config.days` days with both pipelines; returns the figures of `calve demo --json`.
+    The SQL steps run on `engine` (default: DuckDB in process)."""
     workflows = playback_workflows()
     reset_tables(catalog)
-    runner = Runner(catalog, state, DuckDBEngine())
+    runner = Runner(catalog, state, engine or DuckDBEngine())
     generator = PlaybackGenerator(config)
     source = catalog.load_table(SOURCE)
     costs = {name: PipelineCost() for name in workflows}
