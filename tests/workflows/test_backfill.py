@@ -34,6 +34,8 @@ CLEAN_SQL = """
 
 CLEAN = """
     id: clean
+    params:
+      bonus: {{type: int, default: 0}}
     triggers:
       - incremental: {{sources: [shop.events]}}
     steps:
@@ -41,7 +43,7 @@ CLEAN = """
         inputs:
           events: {{table: shop.events, read: icdc}}
         sql: |
-          SELECT event_id, account_id, day, lower(trim(item)) AS item, amount{change} AS amount
+          SELECT event_id, account_id, day, lower(trim(item)) AS item, amount{change} + $bonus AS amount
           FROM events
           QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY sent_at DESC) = 1
         checks:
@@ -421,3 +423,20 @@ def test_backfill_command_plan_json_and_confirmation(project_with: ProjectFactor
     status = json.loads(_cli(project, "status", "--json").stdout)
     assert {w["workflow"] for w in status["workflows"]} == set(PIPELINE)
     assert all(not s["stale"] for w in status["workflows"] for s in w["steps"])
+
+
+def test_a_backfill_computes_with_the_params_it_was_given(project_with: ProjectFactory) -> None:
+    project = make_pipeline(project_with)
+    create_shop(project.catalog)
+    feed(project, Shop(seed=6, events_per_day=20), 2)
+    bf = backfiller(project)
+    with pytest.raises(Exception, match="param 'bonus' of workflow 'clean' must be a int"):
+        plan_backfill(bf.runner, bf.workflows, "clean", str(FIRST_DAY), str(FIRST_DAY), params={"bonus": "x"})
+    plan = plan_backfill(
+        bf.runner, bf.workflows, "clean", str(FIRST_DAY), str(FIRST_DAY), params={"bonus": "5"}
+    )
+    record = bf.start(plan, params={"bonus": "5"})
+    assert BackfillLog(project.state).get(record.backfill_id).params == {"bonus": "5"}  # type: ignore[union-attr]
+    assert bf.run(record.backfill_id).record.status is BackfillStatus.SUCCEEDED
+    want = expected(project, (FIRST_DAY, FIRST_DAY), plus=5)
+    assert_tables_equal(project, {"clean": want["clean"]})

@@ -58,6 +58,14 @@ def _backfiller(ctx: Context, out: Output) -> Backfiller:
     help="Chunk size: 1d (default), 7d, 2w, 6h; a number of values for an integer column.",
 )
 @click.option(
+    "--param",
+    "-p",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A param of the workflow for every chunk (repeatable). Default: the params' defaults.",
+)
+@click.option(
     "--column", metavar="COLUMN", help="The range column. Default: the column the outputs are partitioned by."
 )
 @click.option("--plan", "plan_only", is_flag=True, help="Show what the backfill would do, and run nothing.")
@@ -90,6 +98,7 @@ def backfill(
     end: str | None,
     steps: tuple[str, ...],
     chunk: str | None,
+    params: tuple[str, ...],
     column: str | None,
     plan_only: bool,
     propagate: bool,
@@ -121,7 +130,7 @@ def backfill(
     """
     backfiller = _backfiller(ctx, out)
     if resume_id is not None:
-        if workflow or start or end or steps or chunk or column or propagate:
+        if workflow or start or end or steps or chunk or column or propagate or params:
             raise click.UsageError("--resume takes only the backfill id: its range and options are recorded")
         record = backfiller.log.get(resume_id)
         if record is None:
@@ -130,8 +139,10 @@ def backfill(
         return
     if not workflow or not start or not end:
         raise click.UsageError("give WORKFLOW, --from and --to (or --resume BACKFILL_ID)")
+    from calve.cli.workflow_commands import parse_params
     from calve.workflows.backfill import plan_backfill
 
+    given = parse_params(params)
     plan = plan_backfill(
         backfiller.runner,
         backfiller.workflows,
@@ -141,8 +152,9 @@ def backfill(
         steps=steps,
         chunk=chunk,
         column=column,
+        params=given,
     )
-    payload = plan.to_dict()
+    payload = {**plan.to_dict(), "params": given}
     if plan_only:
         out.result({"plan": payload}, lambda console: _render_plan(console, plan))
         return
@@ -153,7 +165,7 @@ def backfill(
         click.confirm(
             f"Run this backfill of {plan.workflow.id} ({len(plan.chunks)} chunks)?", abort=True, err=True
         )
-    record = backfiller.start(plan, propagate=propagate)
+    record = backfiller.start(plan, propagate=propagate, params=given)
     out.progress(f"backfill {record.backfill_id}: {len(plan.chunks)} chunk(s) of {plan.column}")
     _run(backfiller, record.backfill_id, throttle, out)
 

@@ -217,7 +217,8 @@ def workflows(ctx: Context, json_mode: bool, out: Output) -> None:
     out.result({"workflows": rows}, render)
 
 
-def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+def parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+    """`--param NAME=VALUE` options as a dict (values parsed later, by the workflow's param types)."""
     params: dict[str, Any] = {}
     for item in values:
         name, sep, value = item.partition("=")
@@ -276,7 +277,7 @@ def run(
     spec = project.workflow(workflow)
     result = _runner(ctx, out).run(
         spec,
-        _parse_params(params),
+        parse_params(params),
         logical_date=logical_date.date() if logical_date else None,
         restart_of=restart_of,
     )

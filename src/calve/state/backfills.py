@@ -79,6 +79,7 @@ class BackfillRecord:
     host: str | None = None
     pid: int | None = None
     error: str | None = None
+    params: dict[str, str] = field(default_factory=dict)  # --param values as given (parsed per chunk)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -126,8 +127,8 @@ class BackfillLog:
         with self.state.transaction() as db:
             db.execute(
                 """INSERT INTO backfills (backfill_id, workflow, workflow_version, steps, range_column,
-                     range_from, range_to, chunk, propagate, status, created_at, host, pid)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                     range_from, range_to, chunk, propagate, status, created_at, host, pid, params)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
                     record.backfill_id,
                     record.workflow,
@@ -142,6 +143,7 @@ class BackfillLog:
                     record.created_at,
                     record.host,
                     record.pid,
+                    json.dumps(record.params, sort_keys=True),
                 ),
             )
             db.executemany(
@@ -272,7 +274,7 @@ class BackfillLog:
 
 _BACKFILL_COLUMNS = (
     "backfill_id, workflow, workflow_version, steps, range_column, range_from, range_to, chunk, status, "
-    "created_at, propagate, started_at, finished_at, host, pid, error"
+    "created_at, propagate, started_at, finished_at, host, pid, error, params"
 )
 
 
@@ -294,6 +296,7 @@ def _backfill(row: tuple[Any, ...]) -> BackfillRecord:
         host=row[13],
         pid=row[14],
         error=row[15],
+        params=json.loads(row[16]),
     )
 
 

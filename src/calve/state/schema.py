@@ -199,5 +199,12 @@ def _v6(tx: Transaction) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Transaction], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(tx: Transaction) -> None:
+    """A backfill's params; runs listed newest first without a sort of the whole history (web UI)."""
+    db = _Ddl(tx)
+    db.execute("ALTER TABLE backfills ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
+    db.execute("CREATE INDEX runs_by_time ON runs (created_at)")
+
+
+MIGRATIONS: list[Callable[[Transaction], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 STATE_VERSION = len(MIGRATIONS)

@@ -123,8 +123,11 @@ class Backfiller:
         self.lock_wait_s = lock_wait_s
         self.log = BackfillLog(runner.state)
 
-    def start(self, plan: BackfillPlan, propagate: bool = False) -> BackfillRecord:
-        """Record a planned backfill and its chunks (queued); `run` runs it."""
+    def start(
+        self, plan: BackfillPlan, propagate: bool = False, params: Mapping[str, str] | None = None
+    ) -> BackfillRecord:
+        """Record a planned backfill and its chunks (queued), with the workflow's params as given;
+        `run` runs it."""
         now = time.time()
         record = BackfillRecord(
             backfill_id=new_backfill_id(now),
@@ -140,6 +143,7 @@ class Backfiller:
             propagate=propagate,
             host=socket.gethostname(),
             pid=os.getpid(),
+            params=dict(params or {}),
         )
         chunks = [ChunkRecord(record.backfill_id, c.index, encode(c.lo), encode(c.hi)) for c in plan.chunks]
         self.log.create(record, chunks)
@@ -168,6 +172,7 @@ class Backfiller:
             steps=record.steps,
             chunk=chunk,
             column=record.range_column,
+            params=record.params,
         )
 
     def run(
@@ -407,7 +412,7 @@ class Backfiller:
         column = plan.column
         values = {f"range_{column}_min": chunk.lo, f"range_{column}_max": chunk.last}
         base = run_values(
-            {**plan.workflow.resolve_params({}, _logical_date(chunk)), **values},
+            {**plan.workflow.resolve_params(dict(record.params), _logical_date(chunk)), **values},
             run_id=f"{record.backfill_id}#{chunk.index}",
             workflow=plan.workflow.id,
             step=step.id,

@@ -214,8 +214,11 @@ def plan_backfill(
     steps: tuple[str, ...] = (),
     chunk: str | None = None,
     column: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> BackfillPlan:
-    """Check that the backfill can run and estimate what it does; nothing is written."""
+    """Check that the backfill can run and estimate what it does; nothing is written.
+
+    `params` are the workflow's params as given (`--param`): checked here, parsed for each chunk."""
     if workflow_id not in workflows:
         from calve.errors import did_you_mean
 
@@ -224,6 +227,7 @@ def plan_backfill(
             "`calve workflows`"
         )
     workflow = workflows[workflow_id]
+    workflow.resolve_params(dict(params or {}))  # a missing or malformed param fails before anything runs
     chosen = _chosen_steps(workflow, steps)
     catalog = runner.catalog
     names: dict[str, tuple[str, RangeKind]] = {}
