@@ -38,16 +38,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-from pyiceberg.expressions import BooleanExpression
-from pyiceberg.table import FileScanTask, Table
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from calve import _faults
 from calve.capture.changelog import CHANGE_TYPE_COLUMN, INSERT
-from calve.capture.ranges import file_bounds
 from calve.catalog import load_table
 from calve.errors import CalveError, DataError, RunLockedError
-from calve.read.duckdb_scan import read_all
-from calve.read.planning import plan_files, read_files
+from calve.read.duckdb_scan import same_rows
+from calve.read.in_range import read_in_range
 from calve.state.backfills import BackfillLog, BackfillRecord, BackfillStatus, ChunkRecord
 from calve.workflows.backfill_plan import BackfillError, BackfillPlan, Chunk, plan_backfill
 from calve.workflows.injection import input_values, run_values
@@ -173,6 +172,7 @@ class Backfiller:
             chunk=chunk,
             column=record.range_column,
             params=record.params,
+            estimate=False,  # running needs the chunks and the downstream workflows, not estimates
         )
 
     def run(
@@ -352,9 +352,10 @@ class Backfiller:
         _check_inside(step, data, plan.column, chunk)
         self._run_checks(step, inputs, data)
         condition = chunk.expression(plan.column)
-        existing = _read_chunk(target, plan.column, chunk, condition)
+        inclusive = chunk.kind is not RangeKind.TIMESTAMP
+        existing = read_in_range(target, plan.column, chunk.lo, chunk.hi, condition, inclusive=inclusive)
         rows_read = inputs.reads.rows_read
-        same = _same_rows(data, existing)
+        same = same_rows(data, existing)
         if same and not advance:
             return StepOutcome(step.id, "unchanged", rows_read=rows_read, rows_before=existing.num_rows)
         properties = {**marker, VERSION_PROPERTY: workflow.version}
@@ -533,44 +534,20 @@ def _logical_date(chunk: Chunk) -> dt.date:
 
 
 def _marked_snapshot(table: Table, marker: Mapping[str, str]) -> int | None:
-    """The snapshot of `table`'s history whose summary carries every property of `marker`."""
+    """The newest snapshot of `table`'s history whose summary carries every property of `marker`."""
     for snapshot in reversed(table.metadata.snapshots):
-        props = snapshot.summary.additional_properties if snapshot.summary else {}
-        if all(props.get(k) == v for k, v in marker.items()):
+        if _carries(snapshot, marker):
             return snapshot.snapshot_id
     return None
 
 
 def _has_marker(table: Table, snapshot_id: int, marker: Mapping[str, str]) -> bool:
-    snapshot = table.metadata.snapshot_by_id(snapshot_id)
+    return _carries(table.metadata.snapshot_by_id(snapshot_id), marker)
+
+
+def _carries(snapshot: Snapshot | None, marker: Mapping[str, str]) -> bool:
     props = snapshot.summary.additional_properties if snapshot and snapshot.summary else {}
     return all(props.get(k) == v for k, v in marker.items())
-
-
-def _read_chunk(target: Table, column: str, chunk: Chunk, condition: BooleanExpression) -> pa.Table:
-    """The target's rows in the chunk: by DuckDB when every file lies in the chunk by its bounds
-    and has no deletes (then a file's rows are all in it; about twice as fast), else by ArrowScan
-    with the chunk's filter."""
-    tasks = plan_files(target, condition)
-    field = target.schema().find_field(column)
-
-    def inside(task: FileScanTask) -> bool:
-        low, high = file_bounds(task.file, field.field_id, field.field_type)
-        if task.delete_files or low is None or high is None:
-            return False
-        try:
-            return bool(
-                low >= chunk.lo
-                and (high < chunk.hi if chunk.kind is RangeKind.TIMESTAMP else high <= chunk.hi)
-            )
-        except TypeError:  # a zoned timestamp against naive bounds: let the filter decide
-            return False
-
-    if all(inside(task) for task in tasks):
-        rows = read_all(target, tasks, target.schema())
-        if rows is not None:
-            return rows
-    return read_files(target, tasks, condition, target.schema())
 
 
 def _check_inside(step: StepSpec, data: pa.Table, column: str, chunk: Chunk) -> None:
@@ -587,36 +564,6 @@ def _check_inside(step: StepSpec, data: pa.Table, column: str, chunk: Chunk) -> 
             f"a range from the inputs' rows of that range (filter on $range_{column}_min/max if it reads "
             "other days); nothing was committed"
         )
-
-
-def _same_rows(a: pa.Table, b: pa.Table) -> bool:
-    """Whether two tables of one schema hold the same rows (as multisets; row order does not matter).
-
-    Compared by fingerprint: the row count and the exact sums of two independent 64-bit hashes of
-    every row (DuckDB's `hash` of the row's values, unsalted and salted). Equal multisets always
-    match; different ones match with a probability near 2^-128. About 20 times cheaper than an
-    EXCEPT ALL both ways, which costs as much as recomputing the chunk.
-    """
-    if a.num_rows != b.num_rows:
-        return False
-    if a.num_rows == 0:
-        return True
-    import duckdb
-
-    columns = ", ".join('"' + name.replace('"', '""') + '"' for name in a.column_names)  # quoted
-    query = (
-        f"SELECT count(*), sum(hash({columns})::HUGEINT), sum(hash({columns}, 'calve')::HUGEINT) FROM rows"
-    )
-    con = duckdb.connect()
-    try:
-        con.register("rows", a)
-        first = con.execute(query).fetchall()
-        con.unregister("rows")
-        con.register("rows", b.select(a.column_names).cast(a.schema))
-        second = con.execute(query).fetchall()
-    finally:
-        con.close()
-    return first == second
 
 
 def _scalar(table: pa.Table | None) -> Any:

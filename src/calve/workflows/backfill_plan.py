@@ -215,10 +215,13 @@ def plan_backfill(
     chunk: str | None = None,
     column: str | None = None,
     params: Mapping[str, str] | None = None,
+    estimate: bool = True,
 ) -> BackfillPlan:
     """Check that the backfill can run and estimate what it does; nothing is written.
 
-    `params` are the workflow's params as given (`--param`): checked here, parsed for each chunk."""
+    `params` are the workflow's params as given (`--param`): checked here, parsed for each chunk.
+    Without `estimate`, no manifest is planned: the stages are empty and the downstream workflows
+    carry no estimates (what running a recorded backfill needs)."""
     if workflow_id not in workflows:
         from calve.errors import did_you_mean
 
@@ -252,8 +255,8 @@ def plan_backfill(
     low, high = parse_bound(kind, start, "--from"), parse_bound(kind, end, "--to")
     chunks = split_range(kind, low, high, chunk)
     whole = Chunk(0, low, high, kind)
-    stages = tuple(_estimate_step(runner, step, name, whole) for step in chosen)
-    downstream = _downstream(runner, workflows, workflow, chosen, name, whole)
+    stages = tuple(_estimate_step(runner, step, name, whole) for step in chosen) if estimate else ()
+    downstream = _downstream(runner, workflows, workflow, chosen, name, whole if estimate else None)
     chunk_text = chunk or ("1d" if kind is not RangeKind.INTEGER else "all")
     return BackfillPlan(
         workflow, chosen, name, kind, low, high, chunk_text, tuple(chunks), stages, downstream
@@ -298,15 +301,24 @@ def _estimate_step(runner: Runner, step: StepSpec, column: str, whole: Chunk) ->
     return StepPlan(step.id, _estimate(target, column, whole), inputs)
 
 
+def _target_estimate(runner: Runner, name: str, column: str, whole: Chunk) -> Estimate:
+    """A downstream target's rows and files in the range (nothing known if it does not exist yet)."""
+    try:
+        return _estimate(runner.catalog.load_table(name), column, whole)
+    except Exception:
+        return Estimate(name, 0, 0, False)
+
+
 def _downstream(
     runner: Runner,
     workflows: Mapping[str, Workflow],
     workflow: Workflow,
     chosen: tuple[StepSpec, ...],
     column: str,
-    whole: Chunk,
+    whole: Chunk | None,
 ) -> tuple[DownstreamPlan, ...]:
-    """The workflows (and steps of this one not backfilled) that read a rewritten table, transitively."""
+    """The workflows (and steps of this one not backfilled) that read a rewritten table, transitively
+    (their targets' rows and files in `whole`, unless None)."""
     from calve.workflows.scheduler import upstream_first
 
     rewritten = {s.output.table for s in chosen if s.output is not None}
@@ -336,11 +348,8 @@ def _downstream(
         if other.id not in found:
             continue
         steps, tables, targets = found[other.id]
-        estimates = []
-        for name in targets:
-            try:
-                estimates.append(_estimate(runner.catalog.load_table(name), column, whole))
-            except Exception:
-                estimates.append(Estimate(name, 0, 0, False))
+        estimates = (
+            [] if whole is None else [_target_estimate(runner, name, column, whole) for name in targets]
+        )
         plans.append(DownstreamPlan(other.id, tuple(steps), tuple(sorted(tables)), tuple(estimates)))
     return tuple(plans)
