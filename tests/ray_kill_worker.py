@@ -54,12 +54,12 @@ def daft_workers(cluster_pid: int) -> list[int]:
 def main() -> None:
     cluster_pid = int(os.environ["CALVE_TEST_RAY_CLUSTER_PID"])
     started = threading.Event()
-    real_run = RayEngine.run
+    real_frame = RayEngine._frame  # the step's SQL, before its rows are computed and written
 
-    def run(self: RayEngine, sql: str, relations: dict[str, Any], params: dict[str, Any]) -> Any:
+    def frame(self: RayEngine, sql: str, relations: dict[str, Any], params: dict[str, Any]) -> Any:
         started.set()
         time.sleep(0.3)  # let the killer find the workers while this step's tasks are scheduled
-        return real_run(self, sql, relations, params)
+        return real_frame(self, sql, relations, params)
 
     def killer() -> None:
         started.wait()
@@ -73,7 +73,7 @@ def main() -> None:
                 return
             time.sleep(0.05)
 
-    RayEngine.run = run  # type: ignore[method-assign]
+    RayEngine._frame = frame  # type: ignore[method-assign]
     threading.Thread(target=killer, daemon=True).start()
     project = Project(Path(sys.argv[1]))
     result = Runner.for_project(project).run(project.workflow(sys.argv[2]))

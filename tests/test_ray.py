@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
 
 from calve.catalog import embedded_catalog
 from calve.engines import EngineSpec
@@ -39,6 +40,19 @@ def on_ray(project: Project, address: str) -> Project:
     reloaded = Project(project.root)
     assert reloaded.settings.engine == EngineSpec("ray", address)
     return reloaded
+
+
+def unreferenced_files(table: Table) -> set[str]:
+    """Parquet files in the table's data folder that no snapshot lists."""
+    referenced = set()
+    for snapshot in table.snapshots():
+        for manifest in snapshot.manifests(table.io):
+            referenced.update(
+                e.data_file.file_path.removeprefix("file://")
+                for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+            )
+    data = Path(table.location().removeprefix("file://")) / "data"
+    return {str(p) for p in data.rglob("*.parquet")} - referenced
 
 
 def table_rows(catalog: Catalog, name: str, order: list[str]) -> list[dict[str, object]]:
@@ -89,6 +103,16 @@ def test_playback_pipeline_gives_the_same_tables_on_ray_and_duckdb(tmp_path: Pat
             catalogs[name], StateStore(home / "state.db"), config, lookback_days=3, engine=engine
         )
         assert report["calve_mismatched_rows"] == 0, name
+    # on Ray, every step of calve's pipeline that wrote read its inputs and wrote its files on the
+    # workers: the ICDC table (stage 1), the rows matched on the changed keys (stage 2's filter-join)
+    state = StateStore(tmp_path / "ray" / "state.db")
+    written = [
+        step.metrics
+        for run in state.runs(workflow="playback_calve")
+        for step in state.step_runs(run.run_id)
+        if step.metrics is not None and step.metrics.committed_snapshot_id is not None
+    ]
+    assert written and {(m.read_by, m.written_by) for m in written} == {("workers", "workers")}
     for pipeline, tables in TABLES.items():
         for stage, identifier in tables.items():
             on_duckdb = catalogs["duckdb"].load_table(identifier).scan().to_arrow()
@@ -98,8 +122,48 @@ def test_playback_pipeline_gives_the_same_tables_on_ray_and_duckdb(tmp_path: Pat
             assert differing_rows(on_duckdb, on_ray_, KEYS[stage]) == 0, (pipeline, identifier)
 
 
+def test_workers_read_inputs_and_write_files_and_merges_rewrite_what_duckdb_rewrites(
+    tmp_path: Path, ray_address: str
+) -> None:
+    """The merge example, round after round, on Ray and on DuckDB: on Ray the step's ICDC input is
+    read and its output written by the workers (the run record says so), the files each merge
+    removed are exactly DuckDB's, and the days no key touched keep their files."""
+    shop = Shop()
+    projects = {
+        "duckdb": example_project("append_merge", tmp_path / "duckdb"),
+        "ray": on_ray(example_project("append_merge", tmp_path / "ray"), ray_address),
+    }
+    sources = {name: create_shop(project.catalog)[0] for name, project in projects.items()}
+    rewritten = 0
+    for round_ in range(3):
+        batch = shop.round()[0]
+        removed = {}
+        for name, project in projects.items():
+            sources[name].append(batch)
+            target = project.catalog.load_table("shop.events_clean") if round_ else None
+            before = {f.file.file_path for f in target.scan().plan_files()} if target else set()
+            result = Runner.for_project(project).run(project.workflow("clean_events"))
+            assert result is not None and result.status is RunStatus.SUCCEEDED, result and result.run.error
+            metrics = result.steps[0].metrics
+            assert metrics is not None
+            on_workers = "workers" if name == "ray" else None
+            assert (metrics.read_by, metrics.written_by) == (on_workers, on_workers)
+            after = {
+                f.file.file_path for f in project.catalog.load_table("shop.events_clean").scan().plan_files()
+            }
+            removed[name] = sorted(path.rsplit("/data/", 1)[1].split("/")[0] for path in before - after)
+            assert metrics.files_removed == len(before - after)
+        assert removed["ray"] == removed["duckdb"]  # the same days' files, file for file
+        rewritten += len(removed["ray"])
+        assert table_rows(projects["ray"].catalog, "shop.events_clean", ["event_id"]) == table_rows(
+            projects["duckdb"].catalog, "shop.events_clean", ["event_id"]
+        )
+    assert rewritten > 0  # late and re-sent events made the merges rewrite files
+
+
 @pytest.mark.parametrize(
-    "crash_at", ["runner.after_compute", "consumer.during_commit", "consumer.after_commit"]
+    "crash_at",
+    ["runner.after_compute", "consumer.before_commit", "consumer.during_commit", "consumer.after_commit"],
 )
 def test_driver_killed_mid_run_then_rerun_is_exact(tmp_path: Path, ray_address: str, crash_at: str) -> None:
     project = on_ray(example_project("append_merge", tmp_path), ray_address)
@@ -108,8 +172,16 @@ def test_driver_killed_mid_run_then_rerun_is_exact(tmp_path: Path, ray_address: 
     events.append(shop.round()[0])
     assert _driver(project, "clean_events").returncode == 0
     events.append(shop.round()[0])
+    before = project.catalog.load_table("shop.events_clean")
     killed = _driver(project, "clean_events", crash_at=crash_at)
     assert killed.returncode == -9, killed.stderr[-2000:]
+    if crash_at == "consumer.before_commit":
+        # the workers wrote the files, the driver died before committing them: no row is visible,
+        # the checkpoint did not move, and the files are orphans (in the data folder, in no snapshot)
+        after = project.catalog.load_table("shop.events_clean")
+        assert after.metadata.current_snapshot_id == before.metadata.current_snapshot_id
+        assert after.metadata.properties == before.metadata.properties
+        assert unreferenced_files(after), "the workers wrote no file before the commit"
     rerun = _driver(project, "clean_events")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     target = project.catalog.load_table("shop.events_clean").scan().to_arrow()

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "snapshots": "calve.cli.table_commands",
     "consumers": "calve.cli.table_commands",
     "maintain": "calve.cli.table_commands",
+    "orphans": "calve.cli.table_commands",
     "demo": "calve.cli.demo",
     "init": "calve.cli.workflow_commands",
     "validate": "calve.cli.workflow_commands",
@@ -99,6 +100,7 @@ def cli(ctx: click.Context, catalog_name: str | None, project_dir: Path | None) 
       calve scheduler                     run workflows when their triggers fire
       calve changes db.events --since 42 --ranges event_time --json
       calve maintain db.events            compaction and snapshot expiry, invisible to consumers
+      calve orphans db.events             data files no snapshot lists (left by killed runs)
       calve ui                            the web UI on http://127.0.0.1:8765/ (read-only)
       calve lateness db.events --event-time day   how late rows arrive; what a lookback would miss
     """

@@ -1,5 +1,5 @@
-"""Table commands: changes, icdc, compact, maintain, snapshots, consumers — thin commands over calve's capture
-and write modules.
+"""Table commands: changes, icdc, compact, maintain, orphans, snapshots, consumers — thin commands
+over calve's capture and write modules.
 
 Each command imports pyiceberg, pyarrow and calve's capture modules when it runs, not when the
 command line is parsed: `calve --help` lists these commands without loading any of them.
@@ -395,6 +395,57 @@ def maintain(
     out.result(result.to_dict(), render)
     if result.error:
         raise SystemExit(1)
+
+
+@click.command()
+@click.argument("table")
+@click.option(
+    "--older-than",
+    default="3d",
+    show_default=True,
+    metavar="DURATION",
+    help="Only files older than this (a younger one may belong to a commit in flight).",
+)
+@click.option("--delete", is_flag=True, help="Delete them (without it, only list them).")
+@json_option
+@click.pass_obj
+@handle_errors
+def orphans(ctx: Context, table: str, older_than: str, delete: bool, json_mode: bool, out: Output) -> None:
+    """List (or with --delete, delete) TABLE's orphan files: data files no snapshot lists.
+
+    A run killed after its data files were written and before its commit leaves them (the Daft and
+    Ray engines' workers write a step's files before the driver commits them). No reader sees them;
+    they only take space. A file listed by any snapshot of TABLE, or of another table of the catalog
+    (an ICDC table lists its source's files), is never an orphan. Keep --older-than longer than your
+    longest run. Local file systems only.
+
+    \b
+    Examples:
+      calve orphans db.daily
+      calve orphans db.daily --older-than 7d --delete --json
+    """
+    from calve.workflows.values import parse_duration
+    from calve.write.orphans import remove_orphan_files
+
+    try:
+        older_than_s = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    found = remove_orphan_files(ctx.catalog, table, older_than_s, dry_run=not delete)
+
+    def render(console: Console) -> None:
+        verb = "deleted" if found.deleted else "found"
+        console.print(
+            f"{table}: {len(found.files)} orphan file(s) {verb} ({human_bytes(found.bytes)}) in "
+            f"{found.folder}; {found.referenced} file(s) referenced; {found.young} unreferenced file(s) "
+            f"younger than {older_than} kept"
+        )
+        for path in found.files:
+            console.print(f"  {path}")
+        if found.files and not found.deleted:
+            console.print("pass --delete to delete them")
+
+    out.result(found.to_dict(), render)
 
 
 @click.command()

@@ -1,10 +1,13 @@
 """SQL engines: what runs a workflow's SQL steps. The embedded default is DuckDB, in process.
 
 An engine receives the step's inputs as named Arrow tables and its parameters as values, and returns
-the result as an Arrow table. Values (`$name` in the SQL) are never pasted into the text: DuckDB binds
-them as parameters; Daft, which has none, gets literals that sqlglot builds in the parsed tree.
+the result as an Arrow table. An engine with workers may declare more: `reads_tables` (pinned and
+ICDC inputs arrive as a planned `calve.read.table_scan.TableScan`, read on its workers) and
+`writes_files` (its `stage` method returns a `calve.write.staged.StagedOutput`, whose data files the
+workers write and the driver commits). Values (`$name` in the SQL) are never pasted into the text:
+DuckDB binds them as parameters; Daft, which has none, gets literals that sqlglot builds in the parsed tree.
 Inputs are registered under their validated names. pyiceberg plans every scan
-and does every commit, whatever the engine.
+and the driver does every commit, whatever the engine.
 
 Every engine keeps a step's SQL to the step's inputs: no file, URL, other database, extension or
 setting is reachable from it (the embedded engine: DuckDB with external access off and its

@@ -5,11 +5,11 @@ Installed with `pip install 'calve[ray]'` (daft, ray); imported only when a proj
 fails with that install line.
 
 What runs where: pyiceberg plans every scan and does every commit on the driver (the process running
-calve), as with DuckDB. The step's inputs reach the engine as Arrow tables, which Daft partitions
-(on Ray: puts in the cluster's object store) and the SQL runs on Daft's workers; the result comes
-back to the driver as Arrow and is committed there with the step's checkpoints, in one Iceberg
-commit. A run killed at any point therefore leaves no partial rows: what the workers computed is
-lost with the driver, and the rerun computes it again (docs/engines.md).
+calve), as with DuckDB. Pinned and ICDC inputs reach the engine planned, not read (`TableScan`): the
+workers read their files; other inputs arrive as Arrow. `stage` keeps a step's result on the workers,
+which write it as the target's data files; the driver commits them with the step's checkpoints in
+one Iceberg commit (`calve.engines.daft_io`). A run killed before that commit leaves orphan files
+at most, never rows (`calve orphans`, docs/engines.md).
 
 A step's SQL is the workflow file's, written for DuckDB: `calve.engines.daft_sql` rewrites what Daft
 spells differently, binds the values as literals built by sqlglot, and refuses what Daft cannot run
@@ -22,11 +22,14 @@ Daft sets its runner once per process: a process runs Daft either locally or on 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from calve.errors import ConfigError, DataError, SqlError
+
+if TYPE_CHECKING:
+    from calve.engines.daft_io import DaftOutput
 
 INSTALL_HINT = "pip install 'calve[ray]'"
 
@@ -46,7 +49,9 @@ class DaftEngine:
     """Daft's SQL on Daft's local runner (all cores of this machine, out of core)."""
 
     name = "daft"
-    accepts_scans = False  # inputs arrive as Arrow tables
+    accepts_scans = False  # no DuckDB MatchedScan: matched rows arrive as Arrow
+    reads_tables = True  # pinned and ICDC inputs arrive as TableScan, read on the workers
+    writes_files = True  # `stage`: the workers write the output's data files
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
@@ -63,31 +68,56 @@ class DaftEngine:
                 "and ray engines cannot both run in it (run each project in its own process)"
             )
 
-    def run(self, sql: str, relations: dict[str, pa.Table], params: dict[str, Any]) -> pa.Table | None:
+    def run(self, sql: str, relations: dict[str, Any], params: dict[str, Any]) -> pa.Table | None:
+        frame = self._frame(sql, relations, params)
+        if frame is None:
+            return None
+        return conform_types(self._guard(frame.to_arrow))
+
+    def stage(self, sql: str, relations: dict[str, Any], params: dict[str, Any]) -> DaftOutput | None:
+        """Run `sql` and keep the result where Daft computed it: a `DaftOutput`, which the workers
+        write as the target's data files (`calve.engines.daft_io`); None if the SQL returns no rows."""
+        from calve.engines.daft_io import DaftOutput
+
+        frame = self._frame(sql, relations, params)
+        return None if frame is None else self._guard(lambda: DaftOutput(frame))
+
+    def _frame(self, sql: str, relations: dict[str, Any], params: dict[str, Any]) -> Any:
+        """The last statement's rows as a Daft DataFrame, not run yet (earlier ones are collected)."""
+        from calve.engines.daft_io import scan_frame
         from calve.engines.daft_sql import translate
+        from calve.read.table_scan import TableScan
 
         query = translate(sql, params, frozenset(relations))  # refuses before anything starts
         self._ensure_runner()
         daft = _import_daft()
+        session = daft.Session()
+        for name, rows in relations.items():
+            if isinstance(rows, TableScan):
+                frame = scan_frame(rows)  # read on the workers
+            else:
+                frame = daft.from_arrow(rows if isinstance(rows, pa.Table) else rows.to_arrow())
+            session.create_temp_table(name, frame)
+        result = None
+        for statement in query.statements:
+            frame = self._guard(lambda text=statement.sql: session.sql(text))
+            if frame is None:
+                continue
+            if statement.creates is not None:
+                session.create_temp_table(statement.creates, self._guard(frame.collect))
+                continue
+            result = frame
+        return result
+
+    @staticmethod
+    def _guard(action: Any) -> Any:
+        """`action()`, with Daft's planning and execution errors as calve's SqlError."""
         from daft.exceptions import DaftCoreException
 
-        session = daft.Session()
-        for name, table in relations.items():
-            arrow = table if isinstance(table, pa.Table) else table.to_arrow()
-            session.create_temp_table(name, daft.from_arrow(arrow))
-        result: pa.Table | None = None
-        for statement in query.statements:
-            try:
-                frame = session.sql(statement.sql)
-                if frame is None:
-                    continue
-                if statement.creates is not None:
-                    session.create_temp_table(statement.creates, frame.collect())
-                    continue
-                result = frame.to_arrow()
-            except (DaftCoreException, ValueError) as exc:
-                raise SqlError(f"Daft: {exc}".splitlines()[0]) from None
-        return None if result is None else conform_types(result)
+        try:
+            return action()
+        except (DaftCoreException, ValueError) as exc:
+            raise SqlError(f"Daft: {exc}".splitlines()[0]) from None
 
 
 class RayEngine(DaftEngine):
@@ -136,6 +166,21 @@ def _current_runner() -> Any:
 _LONG_MAX = 2**63 - 1
 
 
+def conform_type(kind: pa.DataType) -> pa.DataType:
+    """The type calve stores for a type Daft returns (see `conform_types`)."""
+    if pa.types.is_unsigned_integer(kind):
+        return pa.int64() if kind.bit_width >= 32 else pa.int32()
+    if pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_large_binary(kind):
+        return pa.binary()
+    return kind
+
+
+def conform_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([pa.field(f.name, conform_type(f.type), f.nullable) for f in schema])
+
+
 def conform_types(table: pa.Table) -> pa.Table:
     """Daft's result with DuckDB's types: unsigned counts as BIGINT (Iceberg has no unsigned type),
     large strings and binaries as plain ones, so a table is the same whichever engine made it."""
@@ -145,18 +190,12 @@ def conform_types(table: pa.Table) -> pa.Table:
     fields = []
     for field, column in zip(table.schema, table.columns, strict=True):
         kind = field.type
-        target = kind
-        if pa.types.is_unsigned_integer(kind):
-            target = pa.int64() if kind.bit_width >= 32 else pa.int32()
-            if kind == pa.uint64() and len(column) and (pc.max(column).as_py() or 0) > _LONG_MAX:
-                raise DataError(
-                    f"column {field.name!r} holds {pc.max(column).as_py()}, which does not fit a BIGINT "
-                    "(Iceberg long); cast it in the SQL to the type you want stored"
-                )
-        elif pa.types.is_large_string(kind):
-            target = pa.string()
-        elif pa.types.is_large_binary(kind):
-            target = pa.binary()
+        target = conform_type(kind)
+        if kind == pa.uint64() and len(column) and (pc.max(column).as_py() or 0) > _LONG_MAX:
+            raise DataError(
+                f"column {field.name!r} holds {pc.max(column).as_py()}, which does not fit a BIGINT "
+                "(Iceberg long); cast it in the SQL to the type you want stored"
+            )
         if target != kind:
             column = column.cast(target)
         columns.append(column)

@@ -11,7 +11,7 @@ and `source_commit_at` from the pinned snapshots' commit times, in the table met
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from calve.state.records import Skew, StepMetrics
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from pyiceberg.manifest import DataFile
     from pyiceberg.table import Table
 
 
@@ -85,6 +86,24 @@ def output_skew(rows: pa.Table, target: Table) -> Skew | None:
         output_partitions=len(counts),
         largest_partition_rows=max(counts),
         median_partition_rows=statistics.median(counts),
+    )
+
+
+def files_skew(files: Iterable[DataFile], target: Table) -> Skew | None:
+    """`output_skew` from the data files an engine's workers wrote (their record counts summed per
+    partition): the rows did not come to the driver."""
+    if not enabled():
+        return None
+    counts: dict[str, int] = {}
+    for data_file in files:
+        key = "" if target.spec().is_unpartitioned() else repr(data_file.partition)
+        counts[key] = counts.get(key, 0) + data_file.record_count
+    if not counts:
+        return None
+    return Skew(
+        output_partitions=len(counts),
+        largest_partition_rows=max(counts.values()),
+        median_partition_rows=statistics.median(counts.values()),
     )
 
 

@@ -218,6 +218,8 @@ class StepMetrics:
     reason: str | None = None  # why a step was skipped
     timings: StepTimings | None = None
     peak_rss_bytes: int | None = None  # the process's peak resident memory during the step
+    read_by: str | None = None  # "workers": an engine's workers read inputs (TableScan); else the driver
+    written_by: str | None = None  # "workers": an engine's workers wrote the output files (else the driver)
     skew: Skew | None = None
     error_class: str | None = None  # one of ERROR_CLASSES, for a failed step
     source_commit_at: float | None = None  # epoch s: the newest source commit the step's output includes

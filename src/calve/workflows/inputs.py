@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-import numpy as np
 import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.schema import Schema
@@ -27,6 +26,7 @@ from calve.errors import CalveError
 from calve.observe.clock import note_input_files, phase
 from calve.read.duckdb_scan import MatchedScan, read_all, read_matched, scan_matched
 from calve.read.planning import plan_files, read_files
+from calve.read.table_scan import TableScan, semi_join
 from calve.state import InputRead, StepMetrics
 from calve.workflows.filters import expression, uses_other_inputs
 from calve.workflows.injection import input_values, range_union_values
@@ -34,13 +34,19 @@ from calve.workflows.model import InputSpec, ReadKind, StepSpec
 from calve.workflows.values import widen
 from calve.write.merge import plan_key_files, read_key_files
 
-# an input's rows: Arrow, or matched rows not read yet (a DuckDB engine reads them in place)
-Relation: TypeAlias = pa.Table | MatchedScan
+# an input's rows: Arrow, or rows not read yet: matched rows a DuckDB engine reads in place, or a
+# table scan an engine with workers reads there (calve.read.table_scan)
+Relation: TypeAlias = pa.Table | MatchedScan | TableScan
 
 
 def as_arrow(rows: Relation) -> pa.Table:
-    """An input's rows as an Arrow table (a `MatchedScan` is read now)."""
+    """An input's rows as an Arrow table (a `MatchedScan` or `TableScan` is read now)."""
     return rows if isinstance(rows, pa.Table) else rows.to_arrow()
+
+
+def rows_decoded(rows: Relation) -> int:
+    """The rows read for an input: its rows, or for a scan not read yet, the rows of its files."""
+    return rows.num_rows if isinstance(rows, pa.Table) else rows.rows_scanned
 
 
 # publishes a change set as the step's ICDC table (the consumer's, so it replaces the last one)
@@ -94,12 +100,15 @@ def read_inputs(
     *,
     publish_only: bool = False,
     lazy: bool = False,
+    scans: bool = False,
 ) -> StepInputs:
     """Read `step`'s inputs: `changes` (by table) for incremental ones, `pins` for pinned tables.
 
     With `publish_only`, ICDC tables are published but their rows are not read (an `icdc:` step).
     With `lazy`, a `match:` input that DuckDB can read exactly is left as a `MatchedScan` for the
-    engine to run in the step's own connection (an engine with `accepts_scans`); else all is Arrow.
+    engine to run in the step's own connection (an engine with `accepts_scans`). With `scans`, a
+    pinned input and an ICDC input stay a `TableScan` (planned, not read) for an engine that reads
+    Iceberg on its workers (`reads_tables`). Else all is Arrow.
     """
     rows: dict[str, Relation] = {}
     by_alias: dict[str, ChangeSet] = {}
@@ -120,7 +129,9 @@ def read_inputs(
         if not spec.read.incremental:
             params.update(range_union_values(union))  # $range_<col>_*: united over the inputs so far
             params.update(input_values(spec.alias, until))
-            table, files, size, decoded = _read_pinned(spec, source, until, params, rows, lazy=lazy)
+            table, files, size, decoded = _read_pinned(
+                spec, source, until, params, rows, lazy=lazy, scans=scans
+            )
             rows[spec.alias] = table
             rows_read += decoded
             files_read += files
@@ -157,13 +168,13 @@ def read_inputs(
                 ranges=bounds,
             )
         )
-        table, files, size = _read_changes(spec, source, change_set, published, publish_only)
+        table, files, size = _read_changes(spec, source, change_set, published, publish_only, scans)
         rows[spec.alias] = table
-        rows_read += table.num_rows
+        rows_read += rows_decoded(table)
         files_read += files
         bytes_read += size
         reads[spec.alias] = _change_read(
-            spec, change_set, ranges.get(spec.alias), table.num_rows, files, size
+            spec, change_set, ranges.get(spec.alias), rows_decoded(table), files, size
         )
     params.update(range_union_values(union))
     metrics = StepMetrics(
@@ -172,6 +183,7 @@ def read_inputs(
         bytes_read=bytes_read,
         inputs=reads,
         icdc_tables={alias: t.identifier for alias, t in icdc.items()},
+        read_by="workers" if any(isinstance(r, TableScan) for r in rows.values()) else None,
     )
     return StepInputs(rows, by_alias, ranges, icdc, params, metrics)
 
@@ -247,9 +259,11 @@ def _read_pinned(
     params: Mapping[str, Any],
     rows: Mapping[str, Relation],
     lazy: bool = False,
+    scans: bool = False,
 ) -> tuple[Relation, int, int, int]:
     """A table at its pinned snapshot, filtered (and matched on another input's keys): rows, files,
-    bytes, rows decoded. With `lazy`, matched rows DuckDB can read exactly stay a `MatchedScan`."""
+    bytes, rows decoded. With `lazy`, matched rows DuckDB can read exactly stay a `MatchedScan`;
+    with `scans`, the input stays a `TableScan` (its rows decoded: its files')."""
     keys = as_arrow(rows[spec.match]) if spec.match is not None else None
     if until is None:
         return source.schema().as_arrow().empty_table(), 0, 0, 0
@@ -259,6 +273,9 @@ def _read_pinned(
         with phase("plan"):
             tasks = plan_files(source, condition, until)
         note_input_files(t.file.record_count for t in tasks)
+        if scans:
+            planned = TableScan(source, until, condition, projection, tuple(tasks))
+            return planned, len(tasks), _size(tasks), planned.rows_scanned
         table = read_files(source, tasks, condition, projection)
         return table, len(tasks), _size(tasks), table.num_rows
     # the files that may hold one of the keys, pruned by their bounds
@@ -267,6 +284,10 @@ def _read_pinned(
     note_input_files(t.file.record_count for t in tasks)
     if keys.num_rows:
         _check_match_columns(keys, projection.column_names)
+    if scans and tasks and keys.num_rows:  # read and matched on the engine's workers
+        typed = keys.cast(Schema(*(source.schema().find_field(n) for n in keys.column_names)).as_arrow())
+        planned = TableScan(source, until, condition, projection, tuple(tasks), keys=typed)
+        return planned, len(tasks), _size(tasks), planned.rows_scanned
     if lazy and isinstance(condition, AlwaysTrue) and tasks and keys.num_rows:
         scan = scan_matched(source, tasks, keys, projection)
         if scan is not None:
@@ -300,8 +321,10 @@ def _read_changes(
     change_set: ChangeSet,
     published: IcdcTable | None,
     publish_only: bool,
-) -> tuple[pa.Table, int, int]:
-    """The rows of a change set, as the input declares: rows, files read, bytes read."""
+    scans: bool = False,
+) -> tuple[pa.Table | TableScan, int, int]:
+    """The rows of a change set, as the input declares: rows, files read, bytes read (with `scans`,
+    an ICDC input's rows stay a `TableScan` of the ICDC table, for the engine's workers)."""
     schema = (
         source.schema()
         if change_set.to_snapshot_id_inclusive is None
@@ -314,6 +337,13 @@ def _read_changes(
         empty = (schema.select(*spec.columns) if spec.columns else schema).as_arrow().empty_table()
         if publish_only or not published.files or published.table is None:
             return empty, 0, 0
+        if scans:
+            icdc = published.table
+            projection = icdc.schema().select(*spec.columns) if spec.columns else icdc.schema()
+            snapshot_id = icdc.metadata.current_snapshot_id
+            tasks = tuple(FileScanTask(f.data_file) for f in change_set.appended_files)
+            scan = TableScan(icdc, snapshot_id, AlwaysTrue(), projection, tasks)
+            return scan, published.files, published.bytes
         return _read_icdc(spec, published.table, change_set), published.files, published.bytes
     if spec.read is ReadKind.KEYS and change_set.is_append_only:
         # new keys are in the appended files: read just the key columns
@@ -351,14 +381,8 @@ def _read_icdc(spec: InputSpec, icdc: Table, change_set: ChangeSet) -> pa.Table:
 
 def _semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
     """The rows of `table` whose key tuple (the columns of `keys`) is in `keys`, in table order."""
-    names = keys.column_names
     _check_match_columns(keys, table.column_names)
-    numbered = table.select(names).append_column(
-        "__calve_row", pa.array(np.arange(table.num_rows, dtype=np.int64))
-    )
-    kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
-    row_ids = kept.column("__calve_row").to_numpy()
-    return table.take(np.sort(row_ids))
+    return semi_join(table, keys)
 
 
 def read_rows_of_keys(table: Table, keys: pa.Table) -> pa.Table:

@@ -19,24 +19,25 @@ from pyiceberg.table import Table
 from calve.capture.changes import ChangeSet
 from calve.errors import CalveError
 from calve.observe.clock import phase
-from calve.observe.steps import output_skew
+from calve.observe.steps import files_skew, output_skew
 from calve.state import MergeMetrics, StepMetrics
 from calve.workflows.filters import expression
 from calve.workflows.model import OutputSpec, StepSpec
 from calve.write.consumer import CommitResult, Consumer
 from calve.write.modes import WriteMode
+from calve.write.staged import StagedOutput
 from calve.write.tables import conform, load_or_create
 
 
 def write_output(
     catalog: Catalog,
     step: StepSpec,
-    output: pa.Table,
+    output: pa.Table | StagedOutput,
     consumer: Consumer,
     target: Table | None,
     changes: Mapping[str, ChangeSet],
     params: Mapping[str, Any],
-    tables: Mapping[str, pa.Table],
+    tables: Mapping[str, Any],
     *,
     deletes: pa.Table | None = None,
     mode: WriteMode | None = None,
@@ -46,7 +47,8 @@ def write_output(
 
     `deletes` are more keys to delete in a merge (a strategy step's vanished groups); `mode`
     overrides the output's write mode (a strategy step's recompute overwrites the whole table);
-    `properties` go into the snapshot summary.
+    `properties` go into the snapshot summary. A `StagedOutput` (an engine's rows on its workers) is
+    written as data files by the workers, and only committed here.
     """
     with phase("write"):  # the catalog commit inside is timed as its own phase
         return _write_output(
@@ -57,12 +59,12 @@ def write_output(
 def _write_output(
     catalog: Catalog,
     step: StepSpec,
-    output: pa.Table,
+    output: pa.Table | StagedOutput,
     consumer: Consumer,
     target: Table | None,
     changes: Mapping[str, ChangeSet],
     params: Mapping[str, Any],
-    tables: Mapping[str, pa.Table],
+    tables: Mapping[str, Any],
     deletes: pa.Table | None,
     mode: WriteMode | None,
     properties: Mapping[str, str] | None,
@@ -76,15 +78,19 @@ def _write_output(
         deletes = flagged
     if target is None:
         target = load_or_create(catalog, spec.table, data.schema, spec.partition_by, dict(spec.properties))
-    data = conform(data, target, step.id)
+    data = conform(data, target, step.id) if isinstance(data, pa.Table) else data.conformed(target, step.id)
     if spec.sort_by:
         missing = [c for c in spec.sort_by if c not in data.column_names]
         if missing:
             raise CalveError(
                 f"step {step.id!r}: sort_by names {missing[0]!r}, which the output does not have"
             )
-        data = data.sort_by([(c, "ascending") for c in spec.sort_by])
-    skew = output_skew(data, target)  # rows per partition, for the run metrics (calve.observe)
+        if isinstance(data, pa.Table):
+            data = data.sort_by([(c, "ascending") for c in spec.sort_by])
+        else:
+            data = data.sorted(spec.sort_by)
+    # rows per partition, for the run metrics (calve.observe): of the written files when staged
+    skew = output_skew(data, target) if isinstance(data, pa.Table) else None
     by_table = list({cs.table: cs for cs in changes.values()}.values())  # each source once
     result = consumer.commit(
         target,
@@ -96,10 +102,17 @@ def _write_output(
         deletes=deletes,
         properties=properties,
     )
-    return target, replace(_metrics(spec, output.num_rows, result), skew=skew)
+    if skew is None and result.written_files:
+        skew = files_skew(result.written_files, target)
+    metrics = replace(_metrics(spec, output.num_rows, result), skew=skew)
+    if isinstance(data, StagedOutput):
+        metrics = replace(metrics, written_by="workers")
+    return target, metrics
 
 
-def split_deletes(step: StepSpec, output: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+def split_deletes(
+    step: StepSpec, output: pa.Table | StagedOutput
+) -> tuple[pa.Table | StagedOutput, pa.Table | None]:
     """The rows to write and (with `delete_column`) the keys to delete; the flag column is dropped."""
     spec = step.output
     assert spec is not None
@@ -109,6 +122,9 @@ def split_deletes(step: StepSpec, output: pa.Table) -> tuple[pa.Table, pa.Table 
         raise CalveError(
             f"step {step.id!r}: delete_column {spec.delete_column!r} is not a column of the output"
         )
+    if isinstance(output, StagedOutput):
+        flagged = output.where_flag(spec.delete_column, keep=True).select_arrow(list(spec.keys))
+        return output.where_flag(spec.delete_column, keep=False), flagged
     flag = pc.fill_null(output.column(spec.delete_column).cast(pa.bool_()), False)
     deletes = output.filter(flag).select(list(spec.keys))
     return output.filter(pc.invert(flag)).drop_columns([spec.delete_column]), deletes

@@ -70,6 +70,7 @@ from calve.workflows.versions import VERSION_PROPERTY, note_commit, written_rang
 from calve.write.compaction import compact
 from calve.write.consumer import Consumer
 from calve.write.modes import WriteMode
+from calve.write.staged import StagedOutput
 
 if TYPE_CHECKING:
     from calve.project import Project
@@ -461,7 +462,7 @@ class Runner:
                 run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(inputs.reads, reason="no changes pending")
 
-        output = self.compute(step, inputs)
+        output = self.compute(step, inputs, staged=step.output is not None)
         _faults.crash_point("runner.after_compute")
         if step.output is None:
             return RunStatus.SUCCEEDED, replace(inputs.reads, rows_out=output.num_rows if output else 0)
@@ -500,8 +501,7 @@ class Runner:
         if not any(not cs.is_empty for cs in changes.values()):
             run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
-        with phase("compute"):
-            output = self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+        output = self.compute(step, inputs, staged=True)
         if output is None:
             raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
         _faults.crash_point("runner.after_compute")
@@ -509,7 +509,8 @@ class Runner:
         if choice.strategy is Strategy.FILTER_JOIN:  # changed keys with no row left: their groups go
             keys = list(step.output.keys)
             changed = as_arrow(inputs.tables[FILTER_JOIN_KEYS]).select(keys)
-            deletes = changed.join(output.select(keys).cast(changed.schema), keys=keys, join_type="left anti")
+            kept = output.select(keys) if isinstance(output, pa.Table) else output.select_arrow(keys)
+            deletes = changed.join(kept.cast(changed.schema), keys=keys, join_type="left anti")
         else:
             mode = WriteMode.OVERWRITE
         target, written = write_output(
@@ -576,7 +577,7 @@ class Runner:
         self,
         run: _Run,
         step: StepSpec,
-        rows: pa.Table,
+        rows: pa.Table | StagedOutput,
         params: Mapping[str, Any],
         mode: WriteMode,
         written: StepMetrics,
@@ -629,16 +630,32 @@ class Runner:
             logical_date=dt.date.fromisoformat(record.logical_date),
             foreach=foreach,
         )
-        lazy = step.kind is StepKind.SQL and bool(getattr(self.engine, "accepts_scans", False))
+        sql = step.kind is StepKind.SQL
         with phase("read"):
             return read_inputs(
-                step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
+                step,
+                base,
+                run.tables,
+                run.pins,
+                changes,
+                consumer.icdc,
+                publish_only=publish_only,
+                lazy=sql and bool(getattr(self.engine, "accepts_scans", False)),
+                scans=sql and bool(getattr(self.engine, "reads_tables", False)),
             )
 
-    def compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
-        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs."""
+    def compute(
+        self, step: StepSpec, inputs: StepInputs, staged: bool = False
+    ) -> pa.Table | StagedOutput | None:
+        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs. With
+        `staged`, an engine that writes files on its workers (`writes_files`) keeps the rows there."""
         with phase("compute"):
             if step.sql is not None:
+                if staged and getattr(self.engine, "writes_files", False):
+                    output: pa.Table | StagedOutput | None = self.engine.stage(  # type: ignore[attr-defined]
+                        step.sql, dict(inputs.tables), dict(inputs.params)
+                    )
+                    return output
                 return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
             assert step.python is not None
             return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
@@ -687,6 +704,7 @@ def _combine(reads: StepMetrics, written: StepMetrics) -> StepMetrics:
         inputs=reads.inputs,
         icdc_tables=reads.icdc_tables,
         strategy=reads.strategy,
+        read_by=reads.read_by,
     )
 
 

@@ -28,6 +28,7 @@ from calve.errors import CalveError
 from calve.state.backfills import BackfillLog, StepCommit
 from calve.workflows.model import ParamRef, StepSpec
 from calve.write.modes import WriteMode
+from calve.write.staged import StagedOutput
 
 VERSION_PROPERTY = "calve.workflow.version"  # snapshot summary: the version of the workflow's files
 BACKFILL_PROPERTY = "calve.backfill.id"  # snapshot summary of a backfill commit: the backfill's id
@@ -121,17 +122,19 @@ def successor(kind: RangeKind, value: Any) -> Any:
     return value + 1
 
 
-def rows_range(rows: pa.Table, column: str) -> tuple[Any, Any] | None:
+def rows_range(rows: pa.Table | StagedOutput, column: str) -> tuple[Any, Any] | None:
     """The smallest and largest value of `column` in `rows` (None when it has none)."""
     if column not in rows.column_names or rows.num_rows == 0:
         return None
+    if isinstance(rows, StagedOutput):
+        return rows.column_range(column)  # computed where the rows are
     bounds = pc.min_max(rows.column(column))
     low, high = bounds["min"].as_py(), bounds["max"].as_py()
     return None if low is None else (low, high)
 
 
 def written_range(
-    step: StepSpec, rows: pa.Table, params: Mapping[str, Any], mode: WriteMode
+    step: StepSpec, rows: pa.Table | StagedOutput, params: Mapping[str, Any], mode: WriteMode
 ) -> tuple[str | None, tuple[Any, Any] | None, bool]:
     """What a run's commit of `rows` wrote: (range column, its range, whether rebuilt whole).
 

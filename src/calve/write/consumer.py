@@ -35,6 +35,7 @@ import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import ValidatableTableRequirement
@@ -46,6 +47,7 @@ from calve.errors import CalveError, CheckpointConflictError, ConfigError
 from calve.write.merge import MergePlan, plan_merge
 from calve.write.modes import WriteMode
 from calve.write.mor import stage_merge_on_read
+from calve.write.staged import StagedOutput
 from calve.write.transaction import transaction
 
 CHECKPOINT_PROPERTY_PREFIX = "calve.checkpoint."
@@ -79,6 +81,7 @@ class CommitResult:
     bytes_written: int = 0
     files_removed: int = 0
     merge: MergePlan | None = None
+    written_files: tuple[DataFile, ...] = ()  # the data files an engine's workers wrote, if it did
 
 
 class AssertCheckpointUnchanged(ValidatableTableRequirement):
@@ -196,7 +199,7 @@ class Consumer:
         self,
         target: Table,
         changes: Sequence[ChangeSet],
-        data: pa.Table | pa.RecordBatchReader,
+        data: pa.Table | pa.RecordBatchReader | StagedOutput,
         mode: WriteMode | str = WriteMode.APPEND,
         overwrite_filter: BooleanExpression | str = ALWAYS_TRUE,
         keys: Sequence[str] = (),
@@ -209,6 +212,8 @@ class Consumer:
         with them; `merge` upserts them on `keys` and deletes the `deletes` keys, rewriting only the
         files that hold one of the keys. With nothing to write, only the checkpoint advances.
         `properties` go into the snapshot's summary (who wrote it: workflow version, backfill chunk).
+        A `StagedOutput` (rows on an engine's workers) is written there as data files before the
+        commit; a run killed between the two leaves those files unreferenced, never rows.
         """
         if mode not in tuple(WriteMode):
             raise CalveError(f"write mode {mode!r} is not one of: {', '.join(WriteMode)}")
@@ -232,13 +237,16 @@ class Consumer:
 
         plan = None
         if mode == "merge":
-            assert isinstance(data, pa.Table)
+            assert not isinstance(data, pa.RecordBatchReader)
             plan = plan_merge(target, data, keys, deletes)
-        empty = isinstance(data, pa.Table) and data.num_rows == 0
+        empty = not isinstance(data, pa.RecordBatchReader) and data.num_rows == 0
         nothing_to_write = empty and (
             mode == "append" or (plan is not None and not plan.deleted_files and not plan.positions)
         )
         before = target.current_snapshot()
+        staged_files = None  # a staged output's data files, written by the engine's workers
+        if isinstance(data, StagedOutput) and mode != "merge" and not empty:
+            staged_files = data.write_files(target)
 
         _faults.crash_point("consumer.before_commit")
         with warnings.catch_warnings(), transaction(target) as tx:
@@ -249,12 +257,14 @@ class Consumer:
             tx._stage((), (requirement,))  # type: ignore[arg-type]
             if nothing_to_write:
                 pass  # the checkpoint alone advances: no empty snapshot for downstream readers to see
+            elif isinstance(data, StagedOutput) and mode != "merge":
+                _commit_files(tx, mode, staged_files or [], overwrite_filter, summary)
             elif mode == "append":
                 tx.append(data, snapshot_properties=summary)
             elif mode == "overwrite":
                 tx.overwrite(data, overwrite_filter=overwrite_filter, snapshot_properties=summary)
             else:
-                assert plan is not None and plan.rows is not None
+                assert plan is not None
                 _commit_merge(tx, target, plan, summary)
             # staged after the snapshot, whose producer then reads the metadata without a copy
             tx.set_properties({self.property_key: value})
@@ -283,11 +293,38 @@ class Consumer:
             bytes_written=count("added-files-size"),
             files_removed=count("deleted-data-files"),
             merge=plan,
+            written_files=tuple(staged_files or (plan.written_files if plan and plan.written_files else ())),
         )
+
+
+def _commit_files(
+    tx: Transaction,
+    mode: WriteMode,
+    files: list[DataFile],
+    overwrite_filter: BooleanExpression | str,
+    summary: dict[str, str],
+) -> None:
+    """Data files already written (by an engine's workers) appended, after the overwrite's delete."""
+    if mode == "overwrite":
+        tx.delete(delete_filter=overwrite_filter, snapshot_properties=summary)
+    if files:
+        with tx._append_snapshot_producer(summary) as append:
+            for data_file in files:
+                append.append_data_file(data_file)
 
 
 def _commit_merge(tx: Transaction, target: Table, plan: MergePlan, summary: dict[str, str]) -> None:
     """One snapshot: the rewritten files out, their kept rows and the upserts in."""
+    if plan.written_files is not None:  # written by an engine's workers
+        if not plan.deleted_files:
+            _commit_files(tx, WriteMode.APPEND, plan.written_files, ALWAYS_TRUE, summary)
+            return
+        with tx.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
+            for data_file in plan.deleted_files:
+                overwrite.delete_data_file(data_file)
+            for data_file in plan.written_files:
+                overwrite.append_data_file(data_file)
+        return
     assert plan.rows is not None
     if plan.positions:  # merge-on-read: position delete files, the rewritten files stay
         stage_merge_on_read(tx, target, plan.rows, plan.positions, summary)

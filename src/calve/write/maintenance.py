@@ -140,7 +140,7 @@ def consumer_checkpoints(
     """
     uuid = str(source.metadata.table_uuid)
     found: list[ConsumerCheckpoint] = []
-    for identifier in _tables(catalog, namespaces):
+    for identifier in catalog_tables(catalog, namespaces):
         try:
             table = catalog.load_table(identifier)
         except NoSuchTableError:  # dropped while listing
@@ -165,7 +165,8 @@ def consumer_checkpoints(
     return found
 
 
-def _tables(catalog: Catalog, namespaces: Sequence[str] | None) -> Iterator[tuple[str, ...]]:
+def catalog_tables(catalog: Catalog, namespaces: Sequence[str] | None) -> Iterator[tuple[str, ...]]:
+    """The identifiers of the tables in `namespaces` (default: every namespace, nested ones too)."""
     roots = [tuple(n.split(".")) for n in namespaces] if namespaces is not None else None
     for namespace in roots if roots is not None else _namespaces(catalog, ()):
         try:

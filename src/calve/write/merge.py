@@ -40,6 +40,7 @@ from calve.errors import CalveError
 from calve.read.duckdb_scan import matching_files, read_unmatched
 from calve.read.planning import plan_files, read_files
 from calve.write.mor import deleted_rows, matched_positions_of, merge_on_read
+from calve.write.staged import StagedOutput
 
 ALWAYS_TRUE = AlwaysTrue()
 IN_LIST_LIMIT = 1000  # distinct values per key column above which planning uses a min..max range
@@ -58,6 +59,8 @@ class MergePlan:
     # positions None: the file is removed and its kept rows are in `rows` (see MOR_REWRITE_SHARE)
     positions: dict[str, tuple[DataFile, Any]] = field(default_factory=dict)
     kept: list[pa.Table] = field(default_factory=list, repr=False)  # while planning: rows to keep
+    # an engine's workers wrote the kept rows and the upserts already: these files go in instead of `rows`
+    written_files: list[DataFile] | None = None
 
 
 def _in_or_range(name: str, column: pa.Array | pa.ChunkedArray) -> BooleanExpression:
@@ -195,9 +198,13 @@ def _may_hold(task: FileScanTask, fields: list[NestedField], group: _Group) -> b
 
 
 def plan_merge(
-    table: Table, upserts: pa.Table, keys: Sequence[str], deletes: pa.Table | None = None
+    table: Table, upserts: pa.Table | StagedOutput, keys: Sequence[str], deletes: pa.Table | None = None
 ) -> MergePlan:
-    """What merging `upserts` (and deleting the `deletes` keys) into `table` removes and writes."""
+    """What merging `upserts` (and deleting the `deletes` keys) into `table` removes and writes.
+
+    Upserts staged on an engine's workers are merged there (the files are planned here, then the
+    workers rewrite the ones holding a key: `plan.written_files`), unless the table is merge-on-read,
+    has delete files or an evolved schema: then the rows come to the driver and merge as Arrow."""
     keys = list(keys)
     schema_names = table.schema().column_names
     for name in keys:
@@ -206,7 +213,9 @@ def plan_merge(
                 f"merge key {name!r} is not a column of both the output and {'.'.join(table.name())} "
                 f"(table columns: {', '.join(schema_names)})"
             )
-    key_rows = upserts.select(keys)
+    if isinstance(upserts, StagedOutput) and (merge_on_read(table) or len(table.schemas()) > 1):
+        upserts = upserts.to_arrow()
+    key_rows = upserts.select_arrow(keys) if isinstance(upserts, StagedOutput) else upserts.select(keys)
     if deletes is not None and deletes.num_rows:
         key_rows = pa.concat_tables([key_rows, deletes.select(keys).cast(key_rows.schema)])
     for name in keys:
@@ -224,11 +233,22 @@ def plan_merge(
 
     plan = MergePlan(rows_upserted=upserts.num_rows)
     if key_rows.num_rows == 0 or table.current_snapshot() is None:
-        plan.rows = upserts
+        if isinstance(upserts, StagedOutput):
+            plan.written_files = upserts.write_files(table)
+        else:
+            plan.rows = upserts
         return plan
     distinct_keys = key_rows  # unique, checked above
     tasks = plan_key_files(table, distinct_keys)
     plan.files_read = len(tasks)
+    if isinstance(upserts, StagedOutput):
+        if not any(task.delete_files for task in tasks):
+            removed, plan.written_files, plan.rows_matched = upserts.merge_files(table, tasks, distinct_keys)
+            plan.deleted_files = removed
+            plan.rows_read = sum(task.file.record_count for task in tasks)  # their key columns
+            plan.bytes_read = sum(f.file_size_in_bytes for f in removed)
+            return plan
+        upserts = upserts.to_arrow()
     if merge_on_read(table):
         _plan_merge_on_read(plan, table, tasks, distinct_keys)
     else:

@@ -98,18 +98,7 @@ def _nullable(schema: pa.Schema) -> pa.Schema:
 def conform(data: pa.Table, target: Table, step: str) -> pa.Table:
     """Select and cast the output's columns to the target's schema, by name, or say what differs."""
     expected = target.schema().as_arrow()
-    missing = [n for n in expected.names if n not in data.column_names]
-    extra = [n for n in data.column_names if n not in expected.names]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"not in the table: {', '.join(extra)}")
-        raise CalveError(
-            f"step {step!r}: its output does not match {'.'.join(target.name())} ({'; '.join(parts)}). "
-            "Name the output columns as the table's, or evolve the table's schema first"
-        )
+    check_columns(data.column_names, expected.names, target, step)
     columns = []
     for field in expected:
         column = data.column(field.name)
@@ -123,3 +112,19 @@ def conform(data: pa.Table, target: Table, step: str) -> pa.Table:
                 ) from None
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=expected)
+
+
+def check_columns(names: list[str], expected: list[str], target: Table, step: str) -> None:
+    """That an output's columns are the target's, by name, or a `CalveError` saying which differ."""
+    missing = [n for n in expected if n not in names]
+    extra = [n for n in names if n not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"not in the table: {', '.join(extra)}")
+        raise CalveError(
+            f"step {step!r}: its output does not match {'.'.join(target.name())} ({'; '.join(parts)}). "
+            "Name the output columns as the table's, or evolve the table's schema first"
+        )
