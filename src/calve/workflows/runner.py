@@ -42,7 +42,7 @@ from pyiceberg.table import Table
 from calve import _faults
 from calve.capture.changes import ChangeSet
 from calve.catalog import load_table
-from calve.engines import Engine
+from calve.engines import Engine, EngineSpec, get_engine
 from calve.errors import CalveError, RunLockedError, StepFailedError
 from calve.observe.clock import observe_step, phase
 from calve.observe.runs import run_metrics
@@ -146,7 +146,9 @@ class Runner:
     ) -> None:
         self.catalog = catalog
         self.state = state
-        self.engine = engine
+        self.engine = engine  # the project's (calve.yaml); a workflow may choose its own: engine_for
+        self._engines: dict[EngineSpec, Engine] = {}
+        self._engines_lock = threading.Lock()
         self.lock_stale_after_s = lock_stale_after_s
         self.progress = progress
         self.python_path = python_path or []
@@ -164,6 +166,15 @@ class Runner:
             python_path=[str(project.root)],
             lookback_days=project.settings.lookback_days,
         )
+
+    def engine_for(self, workflow: Workflow) -> Engine:
+        """The engine that runs `workflow`'s steps: its `engine:`, else the project's; one per setting."""
+        if workflow.engine is None:
+            return self.engine
+        with self._engines_lock:
+            if workflow.engine not in self._engines:
+                self._engines[workflow.engine] = get_engine(workflow.engine)
+            return self._engines[workflow.engine]
 
     # ---- what is pending ------------------------------------------------------------------
 
@@ -461,7 +472,7 @@ class Runner:
                 run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(inputs.reads, reason="no changes pending")
 
-        output = self.compute(step, inputs)
+        output = self.compute(step, inputs, workflow)
         _faults.crash_point("runner.after_compute")
         if step.output is None:
             return RunStatus.SUCCEEDED, replace(inputs.reads, rows_out=output.num_rows if output else 0)
@@ -501,7 +512,7 @@ class Runner:
             run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
         with phase("compute"):
-            output = self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+            output = self.engine_for(workflow).run(step.sql, dict(inputs.tables), dict(inputs.params))
         if output is None:
             raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
         _faults.crash_point("runner.after_compute")
@@ -629,19 +640,21 @@ class Runner:
             logical_date=dt.date.fromisoformat(record.logical_date),
             foreach=foreach,
         )
-        lazy = step.kind is StepKind.SQL and bool(getattr(self.engine, "accepts_scans", False))
+        lazy = step.kind is StepKind.SQL and bool(getattr(self.engine_for(workflow), "accepts_scans", False))
         with phase("read"):
             return read_inputs(
                 step, base, run.tables, run.pins, changes, consumer.icdc, publish_only=publish_only, lazy=lazy
             )
 
-    def compute(self, step: StepSpec, inputs: StepInputs) -> pa.Table | None:
-        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs."""
+    def compute(self, step: StepSpec, inputs: StepInputs, workflow: Workflow) -> pa.Table | None:
+        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs, on the
+        workflow's engine."""
+        engine = self.engine_for(workflow)
         with phase("compute"):
             if step.sql is not None:
-                return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+                return engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
             assert step.python is not None
-            return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
+            return call_python(step.python, inputs, self.catalog, engine, self.python_path)
 
     def _compact(self, step: StepSpec, run: _Run) -> tuple[RunStatus, StepMetrics]:
         assert step.compact is not None
