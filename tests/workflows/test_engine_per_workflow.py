@@ -6,6 +6,7 @@ which scripts/test.sh runs in .venv-ray)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -145,10 +146,15 @@ def test_validate_checks_daft_sql_only_in_the_workflow_on_daft(project_with: Pro
         Project(project.root).workflows()
     assert [p.split(": step")[0] for p in caught.value.problems] == ["workflows/on_duck.yaml:8"]
 
-    # and all on DuckDB: valid
-    (project.root / "calve.yaml").write_text("engine: duckdb\n")
-    result = CliRunner().invoke(cli, ["--project", str(project.root), "validate"])
+    # and all on DuckDB: valid, each workflow's engine said
+    (project.root / "calve.yaml").write_text("engine: {name: duckdb, threads: 2}\n")
+    result = CliRunner().invoke(cli, ["--project", str(project.root), "validate", "--json"])
     assert result.exit_code == 0, result.output
+    engines = {w: v["engine"] for w, v in json.loads(result.output)["workflows"].items()}
+    assert engines == {
+        "on_daft": {"name": "duckdb", "address": None, "threads": None, "from": "workflow"},
+        "on_duck": {"name": "duckdb", "address": None, "threads": 2, "from": "calve.yaml"},
+    }
 
 
 # ---- one Daft runner per project -------------------------------------------------------------------
@@ -255,6 +261,10 @@ def test_the_runner_runs_each_workflow_on_its_engine_made_once(project_with: Pro
     tables = {w: rows(project.catalog.load_table(f"db.{w}").scan().to_arrow(), ["id"]) for w in workflows}
     assert tables["own"] == tables["same"] == tables["default"]
     assert [r["id"] for r in tables["own"]] == [10, 12, 14, 16, 20, 22, 24, 26]
+    explained = CliRunner().invoke(cli, ["--project", str(project.root), "explain", "own"])
+    assert explained.output.startswith("engine: duckdb (the workflow's engine:)"), explained.output
+    explained = CliRunner().invoke(cli, ["--project", str(project.root), "explain", "default", "--json"])
+    assert json.loads(explained.output)["engine"] == "duckdb"
 
 
 # ---- Daft beside DuckDB ----------------------------------------------------------------------------
