@@ -26,7 +26,7 @@ syntax) selects that workflow's (`Runner.engine_for`):
 
 Daft sets its runner once per process, so the workflows of one project (which the scheduler runs in
 one process) may use one Daft runner at most: `daft` (with one `threads`) or `ray` at one address;
-`calve validate` refuses a project that mixes them (`daft_runner_conflicts`).
+`calve validate` refuses a project that mixes them (`Project.workflows`).
 """
 
 from __future__ import annotations
