@@ -15,7 +15,8 @@ catalog, the state store and the engine are imported when a command first uses t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,6 +204,8 @@ class Settings:
     maintenance: MaintenancePolicy | None = None
     lookback_days: int = DEFAULT_LOOKBACK_DAYS  # `observe: {lookback_days: N}`
     warehouse: str | None = None  # the embedded catalog's warehouse URI; None: the project home's
+    # the line of `engine:` in calve.yaml, for problems (None: not written); where, not a setting
+    engine_line: int | None = field(default=None, compare=False)
 
 
 class Project:
@@ -236,6 +239,7 @@ class Project:
         return StateStore(self.settings.state)
 
     def engine(self) -> Engine:
+        """The project's engine (calve.yaml); a workflow with its own runs on `engine_spec`'s."""
         from calve.engines import get_engine
 
         return get_engine(self.settings.engine)
@@ -266,11 +270,40 @@ class Project:
                 )
                 continue
             loaded[workflow.id] = workflow
-            if self.settings.engine.runs_daft_sql:
+            if self.engine_spec(workflow).runs_daft_sql:  # the engine that runs its SQL
                 problems.extend(self._daft_problems(workflow))
+        problems.extend(self._daft_runner_conflicts(loaded.values()))
         if problems:
             raise WorkflowError(problems)
         return loaded
+
+    def engine_spec(self, workflow: Workflow) -> EngineSpec:
+        """The engine that runs `workflow`'s steps: its own `engine:`, else calve.yaml's."""
+        return workflow.engine or self.settings.engine
+
+    def _daft_runner_conflicts(self, workflows: Iterable[Workflow]) -> list[str]:
+        """One problem if the workflows need two Daft runners: Daft sets one per process, and the
+        scheduler runs every workflow of the project in one process."""
+        where: dict[str, list[str]] = {}  # Daft runner -> where the workflows that need it choose it
+        for workflow in workflows:
+            runner = self.engine_spec(workflow).daft_runner
+            if runner is None:
+                continue
+            if workflow.engine is not None:
+                at = f"{self._shown(workflow.path)}:{workflow.engine_line or 1}"
+            else:
+                line = f":{self.settings.engine_line}" if self.settings.engine_line else ""
+                at = f"{self._shown(workflow.path)} (calve.yaml{line}, the project's engine)"
+            where.setdefault(runner, []).append(at)
+        if len(where) < 2:
+            return []
+        needs = "; ".join(f"{runner}: {', '.join(files)}" for runner, files in where.items())
+        return [
+            f"the workflows need {len(where)} Daft runners ({needs}); Daft sets one runner per process and "
+            "the scheduler runs every workflow of a project in one process: choose one (the same engine:, "
+            "with the same address or threads, in these workflow files), or put the workflows in separate "
+            "projects, each run in its own process"
+        ]
 
     def _shown(self, path: Path) -> Path:
         """A path as problems show it: relative to the project folder when inside it."""
@@ -316,6 +349,7 @@ def _load_settings(root: Path) -> Settings:
     path = root / PROJECT_FILE
     raw: dict[str, Any] = {}
     engine = EngineSpec(DEFAULT_ENGINE)
+    engine_line: int | None = None
     stale = DEFAULT_LOCK_STALE_AFTER_S
     maintenance: MaintenancePolicy | None = None
     lookback_days = DEFAULT_LOOKBACK_DAYS
@@ -330,6 +364,7 @@ def _load_settings(root: Path) -> Settings:
         if "engine" in raw:
             try:
                 engine = EngineSpec.parse(raw["engine"])
+                engine_line = doc.line(("engine",))
             except ValueError as exc:
                 checker.problem(("engine",), str(exc))
         for name in ("catalog", "warehouse", "state", "workflows"):
@@ -372,6 +407,7 @@ def _load_settings(root: Path) -> Settings:
         maintenance=maintenance,
         lookback_days=lookback_days,
         warehouse=_warehouse_uri(root, raw["warehouse"]) if "warehouse" in raw else None,
+        engine_line=engine_line,
     )
 
 

@@ -112,6 +112,7 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
     strategies = {
         w.id: {s.id: choose(s) for s in w.steps if s.strategy is not None} for w in workflows.values()
     }  # from the SQL alone (`calve explain` also reads the input's columns from the catalog)
+    engines = {w.id: project.engine_spec(w) for w in workflows.values()}  # its own engine:, or calve.yaml's
     payload = {
         "valid": True,
         "workflows": {
@@ -119,6 +120,12 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
                 "path": str(w.path),
                 "version": w.version,
                 "steps": [s.id for s in w.steps],
+                "engine": {
+                    "name": engines[w.id].name,
+                    "address": engines[w.id].address,
+                    "threads": engines[w.id].threads,
+                    "from": "workflow" if w.engine is not None else "calve.yaml",
+                },
                 "strategies": {
                     step: {"strategy": c.strategy.value, "reason": c.reason}
                     for step, c in strategies[w.id].items()
@@ -134,7 +141,7 @@ def validate(ctx: Context, json_mode: bool, out: Output) -> None:
         for w in workflows.values():
             console.print(
                 f"[green]ok[/green] {w.id} ({w.path.name}): {len(w.steps)} step(s), "
-                f"{len(w.triggers)} trigger(s)"
+                f"{len(w.triggers)} trigger(s)" + (f", engine {engines[w.id].name}" if w.engine else "")
             )
             for step, choice in strategies[w.id].items():
                 console.print(
@@ -165,9 +172,12 @@ def explain(ctx: Context, workflow_id: str, step_id: str | None, json_mode: bool
     workflow = project.workflow(workflow_id)
     steps = [workflow.step(step_id)] if step_id else list(workflow.steps)
     explained = [explain_step(project.catalog, step) for step in steps]
-    payload = {"workflow": workflow.id, "steps": explained}
+    engine = project.engine_spec(workflow)  # what runs its SQL: its own engine:, or calve.yaml's
+    chosen = "the workflow's engine:" if workflow.engine is not None else "calve.yaml's engine:"
+    payload = {"workflow": workflow.id, "engine": engine.name, "steps": explained}
 
     def render(console: Console) -> None:
+        console.print(f"engine: {engine.name} ({chosen})", markup=False)
         for item in explained:
             console.print(f"[bold]{item['step']}[/bold] ({item['kind']}): {item['summary']}", soft_wrap=True)
             for line in item["details"]:

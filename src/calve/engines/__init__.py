@@ -21,10 +21,15 @@ The engines built in: `duckdb` (the default, in process), `daft` (Daft's local r
 (Daft on a Ray cluster; both need `pip install 'calve[ray]'`, imported only when selected). Other
 engines plug in through the `calve.engines` entry point group (name -> Engine class).
 
-calve.yaml selects one, as a name or a mapping:
+calve.yaml selects the project's, as a name or a mapping; a workflow file's own `engine:` (the same
+syntax) selects that workflow's (`Runner.engine_for`):
 
     engine: duckdb
     engine: {name: ray, address: 127.0.0.1:6379}
+
+Daft sets its runner once per process, so the workflows of one project (which the scheduler runs in
+one process) may use one Daft runner at most: `daft` (with one `threads`) or `ray` at one address;
+`calve validate` refuses a project that mixes them (`Project.workflows`).
 """
 
 from __future__ import annotations
@@ -73,6 +78,18 @@ class EngineSpec:
     def runs_daft_sql(self) -> bool:
         return self.name in DAFT_ENGINES
 
+    @property
+    def daft_runner(self) -> str | None:
+        """The Daft runner this engine sets for its process, None for an engine that is not Daft's.
+
+        Daft sets one runner per process and keeps it: two engines of one process must name the same.
+        """
+        if self.name == "daft":
+            return "daft (local)" if self.threads is None else f"daft (local, threads {self.threads})"
+        if self.name == "ray":
+            return f"ray at {self.address}" if self.address else "ray (a local Ray in process)"
+        return None
+
     @classmethod
     def parse(cls, value: Any) -> EngineSpec:
         """The setting from its YAML value (a name or a mapping); raises ValueError saying the fix."""
@@ -120,10 +137,15 @@ def get_engine(spec: EngineSpec | str) -> Engine:
         if entry.name == name:
             engine: Engine = entry.load()()
             return engine
-    available = [*BUILT_IN, *(e.name for e in entry_points(group="calve.engines"))]
     raise ConfigError(
-        f"no engine named {name!r}; available: {', '.join(available)} (set engine: in calve.yaml)"
+        f"no engine named {name!r}; available: {', '.join(engine_names())} (set engine: in calve.yaml, "
+        "or in the workflow file)"
     )
 
 
-__all__ = ["Engine", "EngineSpec", "SqlError", "get_engine"]
+def engine_names() -> list[str]:
+    """The engines `engine:` can name: the built-in ones, then those registered by plugins."""
+    return [*BUILT_IN, *(e.name for e in entry_points(group="calve.engines") if e.name not in BUILT_IN)]
+
+
+__all__ = ["Engine", "EngineSpec", "SqlError", "engine_names", "get_engine"]

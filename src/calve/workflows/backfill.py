@@ -341,16 +341,17 @@ class Backfiller:
                 pins[spec.table] = current.snapshot_id if current else None
 
         inputs = self._read(plan, record, chunk, step, tables, pins)
-        output = self.runner.compute(step, inputs)
+        output = self.runner.compute(step, inputs, workflow)  # not staged: the chunk checks its rows here
         if output is None:
             raise BackfillError(f"step {step.id!r} returned no rows table, but it has an output table")
+        assert isinstance(output, pa.Table)
         _faults.crash_point("backfill.after_compute")
         data, _ = split_deletes(step, output)  # rows flagged deleted are simply not in the range any more
         data = conform(data, target, step.id)
         if step.output.sort_by:
             data = data.sort_by([(c, "ascending") for c in step.output.sort_by])
         _check_inside(step, data, plan.column, chunk)
-        self._run_checks(step, inputs, data)
+        self._run_checks(workflow, step, inputs, data)
         condition = chunk.expression(plan.column)
         inclusive = chunk.kind is not RangeKind.TIMESTAMP
         existing = read_in_range(target, plan.column, chunk.lo, chunk.hi, condition, inclusive=inclusive)
@@ -440,7 +441,8 @@ class Backfiller:
             filters = spec.filter + in_range
             columns = spec.keys if spec.read is ReadKind.KEYS else spec.columns
             derived.append(replace(spec, read=ReadKind.TABLE, filter=filters, columns=columns, ranges=()))
-        lazy = step.kind is StepKind.SQL and bool(getattr(self.runner.engine, "accepts_scans", False))
+        engine = self.runner.engine_for(plan.workflow)
+        lazy = step.kind is StepKind.SQL and bool(getattr(engine, "accepts_scans", False))
         inputs = read_inputs(
             replace(step, inputs=tuple(derived), strategy=None),
             base,
@@ -463,11 +465,11 @@ class Backfiller:
             shaped[spec.alias] = tables[spec.table].schema().as_arrow().empty_table()
         return StepInputs(shaped, {}, {}, {}, inputs.params, inputs.reads)
 
-    def _run_checks(self, step: StepSpec, inputs: StepInputs, data: pa.Table) -> None:
-        """The step's `checks:` on the recomputed rows, before they are committed."""
+    def _run_checks(self, workflow: Workflow, step: StepSpec, inputs: StepInputs, data: pa.Table) -> None:
+        """The step's `checks:` on the recomputed rows (on the workflow's engine), before they commit."""
         if not step.checks:
             return
-        engine = self.runner.engine
+        engine = self.runner.engine_for(workflow)
         relations = {alias: as_arrow(rows) for alias, rows in inputs.tables.items()}
         relations["output"] = data
         params = dict(inputs.params)

@@ -14,6 +14,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
+from calve.engines import EngineSpec, engine_names
 from calve.errors import ConfigError, WorkflowError, did_you_mean
 from calve.workflows.checker import Checker
 from calve.workflows.confinement import inside, module_outside
@@ -49,6 +50,9 @@ from calve.workflows.values import (
 )
 from calve.workflows.yamlfile import load_yaml
 
+# the keys of a workflow file (docs/workflows.md); unknown ones are reported with a "did you mean"
+TOP_KEYS = ("id", "description", "engine", "params", "triggers", "steps")
+
 
 def load_workflow(path: Path, root: Path | None = None) -> Workflow:
     """Load and validate one workflow file; raises WorkflowError listing every problem."""
@@ -65,7 +69,7 @@ def load_workflow(path: Path, root: Path | None = None) -> Workflow:
 
 
 def _build(c: Checker, path: Path) -> Workflow | None:
-    top = c.mapping(c.doc.value, (), ("id", "description", "params", "triggers", "steps"), ("steps",))
+    top = c.mapping(c.doc.value, (), TOP_KEYS, ("steps",))
     if not top:
         return None
     workflow_id = c.identifier(top.get("id", path.stem), ("id",), "workflow id") or path.stem
@@ -86,6 +90,7 @@ def _build(c: Checker, path: Path) -> Workflow | None:
                     f"{did_you_mean(source, sorted(read))}",
                 )
     ordered = _order(c, steps)
+    engine = _engine(c, top["engine"]) if top.get("engine") is not None else None
     return Workflow(
         id=workflow_id,
         path=path,
@@ -94,7 +99,28 @@ def _build(c: Checker, path: Path) -> Workflow | None:
         params=tuple(params),
         triggers=tuple(t for _, t in triggers),
         steps=tuple(ordered),
+        engine=engine,
+        engine_line=c.doc.line(("engine",)) if engine is not None else None,
     )
+
+
+def _engine(c: Checker, raw: Any) -> EngineSpec | None:
+    """`engine:` the engine of this workflow's steps, written as calve.yaml's (docs/engines.md)."""
+    try:
+        spec = EngineSpec.parse(raw)
+    except ValueError as exc:
+        c.problem(("engine",), f"{exc} (or leave engine: out: the workflow then runs on calve.yaml's engine)")
+        return None
+    names = engine_names()
+    if spec.name not in names:
+        key = ("engine", "name") if isinstance(raw, dict) else ("engine",)
+        c.problem(
+            key,
+            f"no engine named {spec.name!r}{did_you_mean(spec.name, names)}; available: {', '.join(names)} "
+            "(a plugin registers more under the calve.engines entry point group)",
+        )
+        return None
+    return spec
 
 
 def _params(c: Checker, raw: Any) -> list[ParamSpec]:

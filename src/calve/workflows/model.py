@@ -14,6 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from calve.engines import EngineSpec
 from calve.errors import ConfigError, did_you_mean
 from calve.workflows.values import PARAM_TYPES, RELATIVE_DATE
 from calve.write.modes import WriteMode as WriteMode  # workflow files use calve.write's modes
@@ -223,6 +224,9 @@ class Workflow:
     params: tuple[ParamSpec, ...]
     triggers: tuple[TriggerSpec, ...]
     steps: tuple[StepSpec, ...]  # in a valid run order (dependencies first)
+    # `engine:` of the workflow file, and the line of that key; None: the project's engine (calve.yaml)
+    engine: EngineSpec | None = None
+    engine_line: int | None = None
 
     def step(self, step_id: str) -> StepSpec:
         for step in self.steps:

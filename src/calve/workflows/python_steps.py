@@ -46,7 +46,7 @@ class StepContext:
     engine: Engine
 
     def sql(self, query: str, **params: Any) -> pa.Table | None:
-        """Run SQL over this step's inputs with the project's engine (values bound as $name)."""
+        """Run SQL over this step's inputs with the workflow's engine (values bound as $name)."""
         return self.engine.run(query, dict(self.inputs), {**self.params, **params})
 
 

@@ -42,7 +42,7 @@ from pyiceberg.table import Table
 from calve import _faults
 from calve.capture.changes import ChangeSet
 from calve.catalog import load_table
-from calve.engines import Engine
+from calve.engines import Engine, EngineSpec, get_engine
 from calve.errors import CalveError, RunLockedError, StepFailedError
 from calve.observe.clock import observe_step, phase
 from calve.observe.runs import run_metrics
@@ -147,7 +147,9 @@ class Runner:
     ) -> None:
         self.catalog = catalog
         self.state = state
-        self.engine = engine
+        self.engine = engine  # the project's (calve.yaml); a workflow may choose its own: engine_for
+        self._engines: dict[EngineSpec, Engine] = {}
+        self._engines_lock = threading.Lock()
         self.lock_stale_after_s = lock_stale_after_s
         self.progress = progress
         self.python_path = python_path or []
@@ -165,6 +167,15 @@ class Runner:
             python_path=[str(project.root)],
             lookback_days=project.settings.lookback_days,
         )
+
+    def engine_for(self, workflow: Workflow) -> Engine:
+        """The engine that runs `workflow`'s steps: its `engine:`, else the project's; one per setting."""
+        if workflow.engine is None:
+            return self.engine
+        with self._engines_lock:
+            if workflow.engine not in self._engines:
+                self._engines[workflow.engine] = get_engine(workflow.engine)
+            return self._engines[workflow.engine]
 
     # ---- what is pending ------------------------------------------------------------------
 
@@ -462,7 +473,7 @@ class Runner:
                 run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(inputs.reads, reason="no changes pending")
 
-        output = self.compute(step, inputs, staged=step.output is not None)
+        output = self.compute(step, inputs, workflow, staged=step.output is not None)
         _faults.crash_point("runner.after_compute")
         if step.output is None:
             return RunStatus.SUCCEEDED, replace(inputs.reads, rows_out=output.num_rows if output else 0)
@@ -501,7 +512,7 @@ class Runner:
         if not any(not cs.is_empty for cs in changes.values()):
             run.pin(step.output.table, self._target(step, run.tables))
             return RunStatus.SKIPPED, replace(reads, reason="no changes pending")
-        output = self.compute(step, inputs, staged=True)
+        output = self.compute(step, inputs, workflow, staged=True)
         if output is None:
             raise CalveError(f"step {step.id!r} returned no rows table, but it has an output table")
         _faults.crash_point("runner.after_compute")
@@ -631,6 +642,7 @@ class Runner:
             foreach=foreach,
         )
         sql = step.kind is StepKind.SQL
+        engine = self.engine_for(workflow)
         with phase("read"):
             return read_inputs(
                 step,
@@ -640,25 +652,27 @@ class Runner:
                 changes,
                 consumer.icdc,
                 publish_only=publish_only,
-                lazy=sql and bool(getattr(self.engine, "accepts_scans", False)),
-                scans=sql and bool(getattr(self.engine, "reads_tables", False)),
+                lazy=sql and bool(getattr(engine, "accepts_scans", False)),
+                scans=sql and bool(getattr(engine, "reads_tables", False)),
             )
 
     def compute(
-        self, step: StepSpec, inputs: StepInputs, staged: bool = False
+        self, step: StepSpec, inputs: StepInputs, workflow: Workflow, staged: bool = False
     ) -> pa.Table | StagedOutput | None:
-        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs. With
-        `staged`, an engine that writes files on its workers (`writes_files`) keeps the rows there."""
+        """Run a step's SQL (any step with SQL, a strategy step's too) or Python on its inputs, on the
+        workflow's engine. With `staged`, an engine that writes files on its workers (`writes_files`)
+        keeps the rows there."""
+        engine = self.engine_for(workflow)
         with phase("compute"):
             if step.sql is not None:
-                if staged and getattr(self.engine, "writes_files", False):
-                    output: pa.Table | StagedOutput | None = self.engine.stage(  # type: ignore[attr-defined]
+                if staged and getattr(engine, "writes_files", False):
+                    output: pa.Table | StagedOutput | None = engine.stage(  # type: ignore[attr-defined]
                         step.sql, dict(inputs.tables), dict(inputs.params)
                     )
                     return output
-                return self.engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
+                return engine.run(step.sql, dict(inputs.tables), dict(inputs.params))
             assert step.python is not None
-            return call_python(step.python, inputs, self.catalog, self.engine, self.python_path)
+            return call_python(step.python, inputs, self.catalog, engine, self.python_path)
 
     def _compact(self, step: StepSpec, run: _Run) -> tuple[RunStatus, StepMetrics]:
         assert step.compact is not None
