@@ -15,7 +15,8 @@ Memory guard: while an engine runs, the parent samples the private memory (RssAn
 and of every process of the Ray cluster, plus the object store's shared memory once, every 0.5 s;
 past --memory-cap-gib (default 18) or with less than 1 GiB left on the machine it kills the engine
 and records it as failed (out of memory, with the peak it reached and the stage it was in) instead
-of letting the machine's OOM killer pick a victim.
+of letting the machine's OOM killer pick a victim. Likewise past --disk-floor-gib (20) free on
+/tmp, where Ray spills its object store (Ray itself only stops at 95% of the disk).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,6 +202,7 @@ def stop_cluster(process: subprocess.Popen[str]) -> None:
 
 
 GIB = 1 << 30
+SPILL = Path(tempfile.gettempdir())  # where Ray spills its object store (/tmp/ray)
 
 
 def _memory(pids: list[int]) -> int:
@@ -222,7 +225,13 @@ def _available() -> int:
 
 
 def run_one(
-    engine: str, address: str | None, path: Path, cluster_pid: int | None, cap: int, timeout: float
+    engine: str,
+    address: str | None,
+    path: Path,
+    cluster_pid: int | None,
+    cap: int,
+    timeout: float,
+    disk_floor: int,
 ) -> dict[str, Any]:
     args = [sys.executable, __file__, "--one", engine, "--path", str(path)]
     if address:
@@ -233,16 +242,23 @@ def run_one(
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, start_new_session=True)
         started, peak, killed = time.monotonic(), 0, ""
+        disk_before = disk_min = shutil.disk_usage(SPILL).free
         while child.poll() is None:
             pids = [child.pid, *_descendants(child.pid)]
             if cluster_pid is not None:
                 pids += _descendants(cluster_pid)
-            used, left = _memory(pids), _available()
-            peak = max(peak, used)
+            used, left, disk = _memory(pids), _available(), shutil.disk_usage(SPILL).free
+            peak, disk_min = max(peak, used), min(disk_min, disk)
             if used > cap or left < GIB:
                 killed = (
                     f"out of memory: killed at {used / GIB:.1f} GiB (driver and Ray processes, cap "
                     f"{cap / GIB:.1f} GiB), {left / GIB:.1f} GiB left on the machine"
+                )
+            elif disk < disk_floor:
+                killed = (
+                    f"out of disk: killed with {disk / GIB:.1f} GiB left on {SPILL} (floor "
+                    f"{disk_floor / GIB:.0f} GiB), {(disk_before - disk) / GIB:.1f} GiB written since "
+                    "the start (Ray spilling its object store)"
                 )
             elif time.monotonic() - started > timeout:
                 killed = f"timed out after {timeout:.0f} s"
@@ -255,7 +271,7 @@ def run_one(
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    guard = {"peak_guarded_mib": peak >> 20}
+    guard = {"peak_guarded_mib": peak >> 20, "disk_written_mib": max(0, disk_before - disk_min) >> 20}
     stages = [line.split()[1] for line in stderr.splitlines() if line.startswith("STAGE ")]
     stage = stages[-1] if stages else "setup"
     if killed:
@@ -289,11 +305,12 @@ def main() -> None:
     parser.add_argument("--cluster-pid", type=int)
     parser.add_argument("--memory-cap-gib", type=float, default=18.0)
     parser.add_argument("--timeout-s", type=float, default=1800.0)
+    parser.add_argument("--disk-floor-gib", type=float, default=20.0)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.address, Path(args.path), args.cluster_pid)))
         return
-    cap, info = int(args.memory_cap_gib * GIB), _run_info()
+    cap, floor, info = int(args.memory_cap_gib * GIB), int(args.disk_floor_gib * GIB), _run_info()
     file = RESULTS / "engines.json"
     results = json.loads(file.read_text()) if file.exists() else []
     for rows in args.rows:
@@ -302,11 +319,11 @@ def main() -> None:
             if engine.startswith("ray"):
                 cluster, address = start_cluster(*RAY_SETUPS[engine])
                 try:
-                    result = run_one("ray", address, path, cluster.pid, cap, args.timeout_s)
+                    result = run_one("ray", address, path, cluster.pid, cap, args.timeout_s, floor)
                 finally:
                     stop_cluster(cluster)
             else:
-                result = run_one(engine, None, path, None, cap, args.timeout_s)
+                result = run_one(engine, None, path, None, cap, args.timeout_s, floor)
             result = {"rows": rows, "setup": engine, **result, **info}
             print(json.dumps(result), flush=True)
             results = [r for r in results if (r["rows"], r["setup"]) != (rows, engine)] + [result]
