@@ -164,7 +164,7 @@ RAY_SETUPS = {"ray1": (0, 2), "ray2": (1, 1)}
 SETUPS = ["duckdb", "daft", *RAY_SETUPS]
 
 
-def start_cluster(workers: int, head_cpus: int) -> tuple[subprocess.Popen[str], str]:
+def start_cluster(workers: int, head_cpus: int, store_mib: int) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     process = subprocess.Popen(
         [
@@ -175,7 +175,7 @@ def start_cluster(workers: int, head_cpus: int) -> tuple[subprocess.Popen[str], 
             "--head-cpus",
             str(head_cpus),
             "--object-store-mib",
-            "2048",
+            str(store_mib),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--memory-cap-gib", type=float, default=18.0)
     parser.add_argument("--timeout-s", type=float, default=1800.0)
     parser.add_argument("--disk-floor-gib", type=float, default=20.0)
+    parser.add_argument("--object-store-mib", type=int, default=2048, help="per Ray node")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.address, Path(args.path), args.cluster_pid)))
@@ -317,7 +318,7 @@ def main() -> None:
         path = events_file(rows)
         for engine in args.engines:
             if engine.startswith("ray"):
-                cluster, address = start_cluster(*RAY_SETUPS[engine])
+                cluster, address = start_cluster(*RAY_SETUPS[engine], args.object_store_mib)
                 try:
                     result = run_one("ray", address, path, cluster.pid, cap, args.timeout_s, floor)
                 finally:
@@ -325,6 +326,8 @@ def main() -> None:
             else:
                 result = run_one(engine, None, path, None, cap, args.timeout_s, floor)
             result = {"rows": rows, "setup": engine, **result, **info}
+            if engine in RAY_SETUPS:
+                result["object_store_mib"] = args.object_store_mib
             print(json.dumps(result), flush=True)
             results = [r for r in results if (r["rows"], r["setup"]) != (rows, engine)] + [result]
             results.sort(key=lambda r: (r["rows"], SETUPS.index(r["setup"]) if r["setup"] in SETUPS else 9))
