@@ -295,6 +295,11 @@ def _run_info() -> dict[str, Any]:
     }
 
 
+def _key(result: dict[str, Any]) -> tuple[Any, ...]:
+    """engines.json holds one entry per size, setup and object store size."""
+    return result["rows"], result["setup"], result.get("object_store_mib")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000])
@@ -329,7 +334,7 @@ def main() -> None:
             if engine in RAY_SETUPS:
                 result["object_store_mib"] = args.object_store_mib
             print(json.dumps(result), flush=True)
-            results = [r for r in results if (r["rows"], r["setup"]) != (rows, engine)] + [result]
+            results = [r for r in results if _key(r) != _key(result)] + [result]
             results.sort(key=lambda r: (r["rows"], SETUPS.index(r["setup"]) if r["setup"] in SETUPS else 9))
             file.write_text(json.dumps(results, indent=2))  # after each engine: a later crash keeps it
 
