@@ -1,15 +1,17 @@
 """DuckDB in process vs Daft local vs Daft on Ray (1 and 2 worker nodes): the playback pipeline's SQL.
 
-    .venv-ray/bin/python benchmarks/engines.py --rows 1000000 10000000
+    PYTHONPATH=. .venv-ray/bin/python benchmarks/engines.py --rows 1000000 10000000 50000000
 
 For each size, the playback events are generated once (benchmarks/results/events_<rows>.parquet);
 then each engine runs in a process of its own (Daft sets one runner per process) and times the
 pipeline's stage-1 SQL (clean and enrich every event: the rows a merge writes) and stage-2 SQL (the
 aggregate per account and day) on them, each after one warm-up query: wall time, CPU time of the
-driver and of the Ray workers, and the peak memory of each process (driver and each Daft worker).
+driver, of the Daft workers and of the rest of the Ray cluster (raylets, object store spilling, GCS,
+Daft's scheduler actor), and the peak memory of each process (driver and each Daft worker).
 What it leaves out, the same for every engine: pyiceberg's planning and the commit, which run on the
 driver whatever the engine (docs/engines.md). Results: benchmarks/results/engines.json (merged by
-size and setup, so a run of one size keeps the others' entries), summed up in benchmarks/README.md.
+size, setup and object store size, so a run of one size keeps the others' entries), summed up in
+benchmarks/README.md.
 
 Memory guard: while an engine runs, the parent samples the private memory (RssAnon) of the driver
 and of every process of the Ray cluster, plus the object store's shared memory once, every 0.5 s;
