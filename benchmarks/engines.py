@@ -83,7 +83,7 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def _worker_stats(cluster_pid: int | None) -> dict[int, tuple[float, int, bool]]:
+def _process_stats(cluster_pid: int | None) -> dict[int, tuple[float, int, bool]]:
     """CPU seconds, peak RSS (bytes) and is-a-Daft-worker of every process of the Ray cluster.
 
     Every process counts for CPU (raylet with the object store, GCS, Daft's scheduler actor and
@@ -110,6 +110,12 @@ def _worker_stats(cluster_pid: int | None) -> dict[int, tuple[float, int, bool]]
     return stats
 
 
+def _worker_stats(cluster_pid: int | None) -> dict[int, tuple[float, int]]:
+    """CPU seconds and peak RSS (bytes) of the Daft worker processes of the cluster (as before
+    _process_stats: benchmarks/engine_runs.py on main uses it)."""
+    return {pid: (cpu, peak) for pid, (cpu, peak, daft) in _process_stats(cluster_pid).items() if daft}
+
+
 def _cpu_used(before: dict[int, Any], after: dict[int, Any], daft: bool) -> float:
     """CPU seconds the cluster's (Daft worker or other) processes used in between; one that ended
     in between is left out, one that started counts whole."""
@@ -134,12 +140,12 @@ def measure(engine_name: str, address: str | None, path: Path, cluster_pid: int 
     for stage, alias in (("stage1", "events"), ("stage2", "daily")):
         sql = (SQL / f"{stage}.sql").read_text()
         print("STAGE", stage, file=sys.stderr, flush=True)  # for the memory guard's report
-        before = _worker_stats(cluster_pid)
+        before = _process_stats(cluster_pid)
         cpu, wall = time.process_time(), time.perf_counter()
         out = engine.run(sql, {alias: inputs[alias]}, {})
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        after = _worker_stats(cluster_pid)
+        after = _process_stats(cluster_pid)
         assert out is not None
         stages[stage] = {
             "rows_in": inputs[alias].num_rows,
@@ -156,7 +162,7 @@ def measure(engine_name: str, address: str | None, path: Path, cluster_pid: int 
         "engine": engine_name,
         "stages": stages,
         "peak_driver_mib": peak_driver >> 20,
-        "peak_worker_mib": [peak >> 20 for _, peak, daft in workers.values() if daft],
+        "peak_worker_mib": [peak >> 20 for _, peak in workers.values()],
     }
 
 
@@ -166,7 +172,7 @@ RAY_SETUPS = {"ray1": (0, 2), "ray2": (1, 1)}
 SETUPS = ["duckdb", "daft", *RAY_SETUPS]
 
 
-def start_cluster(workers: int, head_cpus: int, store_mib: int) -> tuple[subprocess.Popen[str], str]:
+def start_cluster(workers: int, head_cpus: int, store_mib: int = 2048) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     process = subprocess.Popen(
         [
