@@ -196,3 +196,25 @@ def test_a_staged_merge_rewrites_what_the_driver_merge_rewrites(
     assert removed["workers"] == removed["driver"] and removed["driver"]
     assert after["workers"] == after["driver"]
     assert len(after["driver"]) == 120
+
+
+def test_a_staged_output_refuses_values_that_do_not_convert(tmp_path: Path, tables: dict[str, Table]) -> None:
+    """Conforming on the workers refuses what pyarrow's safe cast (the driver's path) refuses,
+    where Daft's cast alone would store a null or drop a fraction."""
+    import daft
+
+    from calve.engines.daft_io import DaftOutput
+    from calve.errors import DataError
+
+    catalog = embedded_catalog(tmp_path)
+    target = load_or_create(catalog, "io.ints", pa.schema([("id", pa.int32()), ("v", pa.int64())]), ())
+
+    def output(**columns: pa.Array) -> DaftOutput:
+        return DaftOutput(daft.from_arrow(pa.table(columns)))
+
+    fine = output(v=pa.array([2, None], pa.int64()), id=pa.array([1, 2], pa.int64()))
+    assert fine.conformed(target, "s").to_arrow().to_pylist() == [{"id": 1, "v": 2}, {"id": 2, "v": None}]
+    with pytest.raises(DataError, match=r"1 value.*'id' do not convert"):
+        output(id=pa.array([2**40, 3], pa.int64()), v=pa.array([1, 2], pa.int64())).conformed(target, "s")
+    with pytest.raises(DataError, match="fractions"):
+        output(id=pa.array([1], pa.int64()), v=pa.array([1.5], pa.float64())).conformed(target, "s")

@@ -95,8 +95,13 @@ def test_calve_orphans_lists_then_deletes(tmp_path: Path) -> None:
     assert json.loads(kept.stdout)["files"] == []  # younger than the default 3d: kept
     assert all(Path(path).exists() for path in report["files"])
 
-    deleted = subprocess.run(
+    refused = subprocess.run(
         [*calve, "--older-than", "0s", "--delete"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "--force" in refused.stderr + refused.stdout
+    assert all(Path(path).exists() for path in report["files"])
+    deleted = subprocess.run(
+        [*calve, "--older-than", "0s", "--delete", "--force"], env=env, capture_output=True, text=True
     )
     assert deleted.returncode == 0, deleted.stderr
     assert f"{len(report['files'])} orphan file(s) deleted" in deleted.stdout
@@ -110,3 +115,33 @@ def test_object_store_tables_are_refused_with_the_way_out(tmp_path: Path) -> Non
         tx.set_properties({"write.data.path": "s3://bucket/events/data"})
     with pytest.raises(CalveError, match="local file systems only"):
         find_orphan_files(project.catalog, "shop.events")
+
+
+def test_metadata_in_the_data_folder_is_never_an_orphan(tmp_path: Path) -> None:
+    """A table whose `write.data.path` is its own location: its metadata JSON, manifest lists and
+    manifests share the folder with the data, and none of them is ever a candidate."""
+    project = example_project("append_merge", tmp_path)
+    events, _ = create_shop(project.catalog)
+    with events.transaction() as tx:
+        tx.set_properties({"write.data.path": events.location()})
+    events = project.catalog.load_table("shop.events")
+    events.append(Shop().round()[0])
+    later = time.time() + 4 * 86400
+    found = remove_orphan_files(project.catalog, "shop.events", now=later)
+    assert found.files == () and found.referenced > 0
+    assert project.catalog.load_table("shop.events").scan().to_arrow().num_rows > 0
+
+
+def test_a_listing_that_misses_a_live_file_deletes_nothing(tmp_path: Path) -> None:
+    """The fail-safe: a file the current snapshot lists but the folder's listing does not find
+    (here: deleted behind calve's back) stops the command before it deletes anything."""
+    project = example_project("append_merge", tmp_path)
+    events, _ = create_shop(project.catalog)
+    events.append(Shop().round()[0])
+    live = next(iter(events.scan().plan_files())).file.file_path.removeprefix("file://")
+    orphan = Path(live).with_name("not-committed.parquet")
+    orphan.write_bytes(Path(live).read_bytes())
+    Path(live).unlink()
+    with pytest.raises(CalveError, match="nothing is deleted"):
+        remove_orphan_files(project.catalog, "shop.events", now=time.time() + 4 * 86400)
+    assert orphan.exists()

@@ -407,10 +407,15 @@ def maintain(
     help="Only files older than this (a younger one may belong to a commit in flight).",
 )
 @click.option("--delete", is_flag=True, help="Delete them (without it, only list them).")
+@click.option(
+    "--force", is_flag=True, help="Accept an --older-than under one hour (no run may be in flight)."
+)
 @json_option
 @click.pass_obj
 @handle_errors
-def orphans(ctx: Context, table: str, older_than: str, delete: bool, json_mode: bool, out: Output) -> None:
+def orphans(
+    ctx: Context, table: str, older_than: str, delete: bool, force: bool, json_mode: bool, out: Output
+) -> None:
     """List (or with --delete, delete) TABLE's orphan files: data files no snapshot lists.
 
     A run killed after its data files were written and before its commit leaves them (the Daft and
@@ -423,6 +428,7 @@ def orphans(ctx: Context, table: str, older_than: str, delete: bool, json_mode: 
     Examples:
       calve orphans db.daily
       calve orphans db.daily --older-than 7d --delete --json
+      calve orphans db.daily --older-than 0s --delete --force   # nothing runs: all of them
     """
     from calve.workflows.values import parse_duration
     from calve.write.orphans import remove_orphan_files
@@ -431,6 +437,12 @@ def orphans(ctx: Context, table: str, older_than: str, delete: bool, json_mode: 
         older_than_s = parse_duration(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    if older_than_s < 3600 and delete and not force:
+        raise click.BadParameter(
+            f"{older_than} is under one hour: a file that young may belong to a run that has not "
+            "committed yet; pass --force if no run of any workflow writing this table is in flight",
+            param_hint="--older-than",
+        )
     found = remove_orphan_files(ctx.catalog, table, older_than_s, dry_run=not delete)
 
     def render(console: Console) -> None:

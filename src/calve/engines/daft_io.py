@@ -26,8 +26,9 @@ Daft 0.7.26 (`calve[ray]` pins daft < 0.8).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression
@@ -36,13 +37,13 @@ from pyiceberg.io.pyarrow import _convert_scalar
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, Table
+from pyiceberg.types import BinaryType, FixedType, UUIDType
 
 from calve.errors import CalveError, DataError
-from calve.read.table_scan import TableScan
+from calve.read.duckdb_scan import local_path
+from calve.read.table_scan import TableScan, has_equality_deletes, readable_by_name
+from calve.write.staged import StagedOutput
 from calve.write.tables import check_columns
-
-if TYPE_CHECKING:
-    import daft
 
 FILE_COLUMN = "__calve_file"
 
@@ -53,14 +54,24 @@ def _daft() -> Any:
     return daft
 
 
+class NotConvertible(Exception):
+    """A filter that Daft would not evaluate as pyiceberg does: the input is read on the driver."""
+
+
 class _ToDaft(BoundBooleanExpressionVisitor[Any]):
     """pyiceberg's bound expression as a Daft expression (values as Python values of the column)."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: Schema) -> None:
         self.daft = _daft()
+        self.schema = schema
 
     def _col(self, term: Any) -> Any:
-        return self.daft.col(term.ref().field.name)
+        field = term.ref().field
+        if self.schema.find_column_name(field.field_id) != field.name:  # a nested field
+            raise NotConvertible(f"{field.name} is a nested field")
+        if isinstance(field.field_type, UUIDType | FixedType | BinaryType):  # compared as bytes by pyarrow
+            raise NotConvertible(f"{field.name} is {field.field_type}")
+        return self.daft.col(field.name)
 
     @staticmethod
     def _value(term: Any, value: Any) -> Any:
@@ -128,23 +139,32 @@ class _ToDaft(BoundBooleanExpressionVisitor[Any]):
 
 def to_daft_filter(row_filter: BooleanExpression, schema: Schema) -> Any:
     """`row_filter` (pyiceberg, as calve builds from a workflow's `filter:`) as a Daft expression;
-    None for no filter. Rows where it is null are dropped, as pyiceberg's scans drop them."""
+    None for no filter. Rows where it is null are dropped, as pyiceberg's scans drop them. Raises
+    `NotConvertible` for a filter on a nested, UUID, fixed or binary column."""
     if isinstance(row_filter, AlwaysTrue):
         return None
-    return visit(bind(schema, row_filter, case_sensitive=True), _ToDaft())
+    return visit(bind(schema, row_filter, case_sensitive=True), _ToDaft(schema))
 
 
 def scan_frame(scan: TableScan) -> Any:
-    """A `TableScan` as a Daft DataFrame read on the workers: exactly `scan.to_arrow()`'s rows."""
+    """A `TableScan` as a Daft DataFrame read on the workers: exactly `scan.to_arrow()`'s rows.
+
+    The planned files are read by name (`daft.read_parquet`) when that is exact; a table with
+    position deletes, or whose files may not match its columns by name, through Daft's Iceberg
+    reader (field ids, deletes applied; it plans the snapshot again). Equality deletes, and filters
+    Daft would evaluate differently, are read on the driver and handed over."""
     daft = _daft()
     table = scan.table
     columns = scan.projection.column_names
     if not scan.tasks:
         return daft.from_arrow(scan.projection.as_arrow().empty_table())
-    condition = to_daft_filter(scan.row_filter, table.schema())
-    if scan.has_deletes or len(table.schemas()) > 1:
-        # deletes to apply, or columns renamed or added since some files were written: Daft's Iceberg
-        # reader maps them by field id (it plans the snapshot again, on the driver)
+    try:
+        condition = to_daft_filter(scan.row_filter, table.schema())
+    except NotConvertible:
+        return daft.from_arrow(scan.to_arrow())
+    if has_equality_deletes(scan.tasks):
+        return daft.from_arrow(scan.to_arrow())
+    if scan.has_deletes or not readable_by_name(table):
         frame = daft.read_iceberg(table, snapshot_id=scan.snapshot_id, io_config=io_config(table))
     else:
         paths = [task.file.file_path for task in scan.tasks]
@@ -167,12 +187,15 @@ def _daft_type(arrow_type: pa.DataType) -> Any:
     return _daft().DataType.from_arrow_type(arrow_type)
 
 
-class DaftOutput:
-    """A step's result computed by Daft and kept where it was computed (on Ray: the workers' object
-    stores), collected once; `write_files` and `merge_files` write it as the target's data files."""
+class DaftOutput(StagedOutput):
+    """A step's result computed by Daft and kept where it was computed (on Ray, the workers' object
+    stores). The engine's result is collected once (`collect=True`); what calve derives from it
+    (without the delete flag, conformed to the target) stays lazy over those collected rows until
+    `write_files` or `merge_files` writes it as the target's data files."""
 
-    def __init__(self, frame: daft.DataFrame) -> None:
-        self.frame = frame.collect()  # computed once; every later action reads the materialized rows
+    def __init__(self, frame: Any, collect: bool = True, sort_by: Sequence[str] = ()) -> None:
+        self.frame = frame.collect() if collect else frame
+        self.sort_by = tuple(sort_by)
         self._rows: int | None = None
 
     @property
@@ -189,13 +212,14 @@ class DaftOutput:
     @property
     def num_rows(self) -> int:
         if self._rows is None:
-            self._rows = len(self.frame)
+            self._rows = self.frame.count_rows()
         return self._rows
 
     def to_arrow(self) -> pa.Table:
         from calve.engines.daft import conform_types
 
-        return conform_types(self.frame.to_arrow())
+        rows = conform_types(self.frame.to_arrow())
+        return rows.sort_by([(c, "ascending") for c in self.sort_by]) if self.sort_by else rows
 
     def select_arrow(self, columns: Sequence[str]) -> pa.Table:
         """A few columns on the driver (keys, flags): the rows stay on the workers."""
@@ -203,8 +227,8 @@ class DaftOutput:
 
         return conform_types(self.frame.select(*columns).to_arrow())
 
-    def _with(self, frame: daft.DataFrame) -> DaftOutput:
-        return DaftOutput(frame)
+    def _with(self, frame: Any) -> DaftOutput:
+        return DaftOutput(frame, collect=False, sort_by=self.sort_by)
 
     def where_flag(self, flag: str, keep: bool) -> DaftOutput:
         """The rows whose `flag` column is true (`keep`) or not (false or null), without the flag."""
@@ -212,7 +236,8 @@ class DaftOutput:
         return self._with(self.frame.where(column if keep else ~column).exclude(flag))
 
     def sorted(self, columns: Sequence[str]) -> DaftOutput:
-        return self._with(self.frame.sort(list(columns)))
+        """Sorted when written: by the partition values, then `columns` (see `write_frame`)."""
+        return DaftOutput(self.frame, collect=False, sort_by=columns)
 
     def column_range(self, column: str) -> tuple[Any, Any] | None:
         daft = _daft()
@@ -223,63 +248,106 @@ class DaftOutput:
         return None if low is None else (low, high)
 
     def conformed(self, target: Table, step: str) -> DaftOutput:
-        """The target's columns, in its order and with its types (as `calve.write.tables.conform`)."""
+        """The target's columns, in its order and with its types (as `calve.write.tables.conform`):
+        a value that does not convert is refused, as pyarrow's safe cast refuses it (Daft's cast
+        would make it null), and so is a cast that would drop a fraction."""
         expected = target.schema().as_arrow()
         check_columns(self.column_names, expected.names, target, step)
         have = self.frame.schema()
         daft = _daft()
-        columns = []
+        columns, cast = [], []
         for field in expected:
             column = daft.col(field.name)
             wanted = _daft_type(field.type)
-            if have[field.name].dtype != wanted:
+            source = have[field.name].dtype
+            if source != wanted:
+                given = source.to_arrow_dtype()
+                if pa.types.is_floating(given) and pa.types.is_integer(field.type):
+                    raise DataError(
+                        f"step {step!r}: column {field.name!r} is {given} but the table has {field.type}, "
+                        "and converting would drop fractions; cast or round it in the step"
+                    )
                 column = column.cast(wanted)
+                cast.append(field.name)
             columns.append(column.alias(field.name))
-        from daft.exceptions import DaftCoreException
-
-        try:
-            return self._with(self.frame.select(*columns))
-        except (DaftCoreException, ValueError) as exc:  # a cast that fails on the data
-            raise DataError(
-                f"step {step!r}: the output does not convert to {'.'.join(target.name())}'s column types "
-                f"({str(exc).splitlines()[0]}); cast it in the step"
-            ) from None
+        conformed = self._with(self.frame.select(*columns))
+        if cast:  # a value Daft could not convert became null: count them, on the workers
+            counts = self.frame.agg(
+                *(daft.col(n).count().alias(f"before_{n}") for n in cast),
+                *(c.count().alias(f"after_{c.name()}") for c in columns if c.name() in cast),
+            ).to_pydict()
+            for name in cast:
+                lost = counts[f"before_{name}"][0] - counts[f"after_{name}"][0]
+                if lost:
+                    raise DataError(
+                        f"step {step!r}: {lost} value(s) of column {name!r} do not convert to the table's "
+                        f"{expected.field(name).type}; cast them in the step"
+                    )
+        return conformed
 
     def write_files(self, target: Table) -> list[DataFile]:
         """Write the rows as data files of `target` on the workers; not committed (the driver does)."""
-        return write_frame(self.frame, target)
+        return write_frame(self.frame, target, self.sort_by)
 
     def merge_files(
         self, target: Table, tasks: Sequence[FileScanTask], keys: pa.Table
     ) -> tuple[list[DataFile], list[DataFile], int]:
         """Upsert the rows into `target` on `keys` (all the key tuples: upserts and deletes), rewriting
         only the planned files that hold one: (files removed, files written, target rows matched)."""
-        return merge_frame(self.frame, target, tasks, keys)
+        return merge_frame(self.frame, target, tasks, keys, self.sort_by)
 
 
-def write_frame(frame: daft.DataFrame, target: Table) -> list[DataFile]:
-    """The frame's rows written as data files of `target` by the workers (not committed). On Ray,
-    rows are first shuffled by the target's partition values, so that each partition is written by
-    one task: one file per partition and write (else one per task and partition, and a later merge
-    rewrites that many more files)."""
+def write_frame(frame: Any, target: Table, sort_by: Sequence[str] = ()) -> list[DataFile]:
+    """The frame's rows written as data files of `target` by the workers (not committed).
+
+    On Ray, rows are first shuffled by the target's partition values, so that each partition is
+    written by one task: one file per partition and write (else one per task and partition, and a
+    later merge rewrites that many more files). With `sort_by`, the rows are range-partitioned by the
+    partition values and `sort_by` together, which keeps each file sorted. A local file the driver
+    cannot see afterwards (the workers wrote to a disk of their own, not the shared warehouse) is
+    refused before anything is committed."""
     from daft.dataframe import DataFrame
     from daft.io.iceberg.iceberg_write import partition_field_to_expr
     from daft.runners import get_or_infer_runner_type
 
     spec, schema = target.spec(), target.schema()
-    if spec.fields and get_or_infer_runner_type() == "ray":
-        frame = frame.repartition(None, *(partition_field_to_expr(f, schema) for f in spec.fields))
+    partitions = [partition_field_to_expr(f, schema) for f in spec.fields]
+    if sort_by:
+        frame = frame.sort([*partitions, *sort_by])
+    elif partitions and get_or_infer_runner_type() == "ray":
+        frame = frame.repartition(None, *partitions)
     written = DataFrame(frame._builder.write_iceberg(target, io_config(target))).collect().to_pydict()
-    return [f for f in written.get("data_file", []) if f is not None and f.record_count > 0]
+    files = []
+    for data_file in written.get("data_file", []):
+        if data_file is None:
+            continue
+        path = local_path(data_file.file_path)
+        if path is not None:
+            if not os.path.exists(path) or os.path.getsize(path) != data_file.file_size_in_bytes:
+                raise CalveError(
+                    f"a Daft worker wrote {data_file.file_path}, which this process (the driver) cannot "
+                    f"read: the workers must write to the warehouse the driver sees ({target.location()}); "
+                    "use a shared file system or an object store for a cluster of several machines"
+                )
+            if data_file.record_count == 0:  # Daft may write an empty file: never committed
+                os.unlink(path)
+                continue
+        if data_file.record_count > 0:
+            files.append(data_file)
+    return files
 
 
 def merge_frame(
-    upserts: daft.DataFrame, target: Table, tasks: Sequence[FileScanTask], keys: pa.Table
+    upserts: Any, target: Table, tasks: Sequence[FileScanTask], keys: pa.Table, sort_by: Sequence[str] = ()
 ) -> tuple[list[DataFile], list[DataFile], int]:
+    """Merge on the workers: of the planned `tasks` (files that may hold a key), the ones where a key
+    tuple of `keys` matched are rewritten without those rows, together with `upserts`:
+    (files removed, files written, target rows matched). The caller makes sure the files read by
+    name and hold no deletes (`calve.write.merge.plan_merge`)."""
     daft = _daft()
     names = keys.column_names
     if not tasks:
-        return [], write_frame(upserts, target), 0
+        return [], write_frame(upserts, target, sort_by), 0
     by_path = {task.file.file_path: task.file for task in tasks}
     candidates = daft.read_parquet(list(by_path), io_config=io_config(target), file_path_column=FILE_COLUMN)
     schema = target.schema()
@@ -299,7 +367,7 @@ def merge_frame(
             raise CalveError(f"Daft read {read!r}, which is not one of the planned files")
         counts[planned[_local(read)]] = hit
     if not counts:
-        return [], write_frame(upserts, target), 0
+        return [], write_frame(upserts, target, sort_by), 0
     matched = [read for read in hits[FILE_COLUMN] if counts.get(planned[_local(read)])]
     kept = (
         candidates.where(daft.col(FILE_COLUMN).is_in(matched))
@@ -308,7 +376,7 @@ def merge_frame(
     )
     typed = [daft.col(f.name).cast(_daft_type(f.type)).alias(f.name) for f in schema.as_arrow()]
     rows = kept.select(*typed).concat(upserts.select(*typed))
-    return [by_path[path] for path in counts], write_frame(rows, target), sum(counts.values())
+    return [by_path[path] for path in counts], write_frame(rows, target, sort_by), sum(counts.values())
 
 
 def _local(path: str) -> str:

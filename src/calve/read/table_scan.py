@@ -24,6 +24,8 @@ from pyiceberg.table import FileScanTask, Table
 
 from calve.read.planning import read_files
 
+NAME_MAPPING_PROPERTY = "schema.name-mapping.default"
+
 
 @dataclass(frozen=True)
 class TableScan:
@@ -68,3 +70,22 @@ def semi_join(table: pa.Table, keys: pa.Table) -> pa.Table:
     kept = numbered.join(keys.cast(table.select(names).schema), keys=names, join_type="left semi")
     row_ids = kept.column("__calve_row").to_numpy()
     return table.take(np.sort(row_ids))
+
+
+def readable_by_name(table: Table) -> bool:
+    """Whether the table's data files can be read by column name (as `daft.read_parquet` does)
+    instead of by field id: one schema ever (no rename, no added column), no name mapping (files
+    without field ids), no column defaults, format v1 or v2."""
+    metadata = table.metadata
+    return (
+        len(metadata.schemas) == 1
+        and metadata.format_version <= 2
+        and NAME_MAPPING_PROPERTY not in metadata.properties
+        and all(field.initial_default is None for field in metadata.schema().fields)
+    )
+
+
+def has_equality_deletes(tasks: tuple[FileScanTask, ...] | list[FileScanTask]) -> bool:
+    from pyiceberg.manifest import DataFileContent
+
+    return any(d.content == DataFileContent.EQUALITY_DELETES for t in tasks for d in t.delete_files)

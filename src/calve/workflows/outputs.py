@@ -105,8 +105,8 @@ def _write_output(
     if skew is None and result.written_files:
         skew = files_skew(result.written_files, target)
     metrics = replace(_metrics(spec, output.num_rows, result), skew=skew)
-    if isinstance(data, StagedOutput):
-        metrics = replace(metrics, written_by="workers")
+    if result.written_by is not None:
+        metrics = replace(metrics, written_by=result.written_by)
     return target, metrics
 
 

@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression
+from pyiceberg.expressions import AlwaysFalse, AlwaysTrue, BooleanExpression
 from pyiceberg.io.pyarrow import _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, Transaction
@@ -82,6 +82,7 @@ class CommitResult:
     files_removed: int = 0
     merge: MergePlan | None = None
     written_files: tuple[DataFile, ...] = ()  # the data files an engine's workers wrote, if it did
+    written_by: str | None = None  # "workers" when an engine's workers wrote the files; else the driver
 
 
 class AssertCheckpointUnchanged(ValidatableTableRequirement):
@@ -294,6 +295,9 @@ class Consumer:
             files_removed=count("deleted-data-files"),
             merge=plan,
             written_files=tuple(staged_files or (plan.written_files if plan and plan.written_files else ())),
+            written_by="workers"
+            if staged_files is not None or (plan is not None and plan.written_files is not None)
+            else None,
         )
 
 
@@ -304,8 +308,10 @@ def _commit_files(
     overwrite_filter: BooleanExpression | str,
     summary: dict[str, str],
 ) -> None:
-    """Data files already written (by an engine's workers) appended, after the overwrite's delete."""
-    if mode == "overwrite":
+    """Data files already written (by an engine's workers) appended, after the overwrite's delete,
+    as pyiceberg's `Transaction.overwrite` stages them (a delete snapshot, then an append). A file
+    only part of whose rows match the filter is rewritten by that delete, on the driver."""
+    if mode == "overwrite" and not isinstance(overwrite_filter, AlwaysFalse):
         tx.delete(delete_filter=overwrite_filter, snapshot_properties=summary)
     if files:
         with tx._append_snapshot_producer(summary) as append:

@@ -39,6 +39,7 @@ from calve.capture.ranges import file_bounds
 from calve.errors import CalveError
 from calve.read.duckdb_scan import matching_files, read_unmatched
 from calve.read.planning import plan_files, read_files
+from calve.read.table_scan import readable_by_name
 from calve.write.mor import deleted_rows, matched_positions_of, merge_on_read
 from calve.write.staged import StagedOutput
 
@@ -204,7 +205,8 @@ def plan_merge(
 
     Upserts staged on an engine's workers are merged there (the files are planned here, then the
     workers rewrite the ones holding a key: `plan.written_files`), unless the table is merge-on-read,
-    has delete files or an evolved schema: then the rows come to the driver and merge as Arrow."""
+    has delete files or files it may not read by name: then the rows come to the driver and merge
+    as Arrow."""
     keys = list(keys)
     schema_names = table.schema().column_names
     for name in keys:
@@ -213,7 +215,7 @@ def plan_merge(
                 f"merge key {name!r} is not a column of both the output and {'.'.join(table.name())} "
                 f"(table columns: {', '.join(schema_names)})"
             )
-    if isinstance(upserts, StagedOutput) and (merge_on_read(table) or len(table.schemas()) > 1):
+    if isinstance(upserts, StagedOutput) and (merge_on_read(table) or not readable_by_name(table)):
         upserts = upserts.to_arrow()
     key_rows = upserts.select_arrow(keys) if isinstance(upserts, StagedOutput) else upserts.select(keys)
     if deletes is not None and deletes.num_rows:
