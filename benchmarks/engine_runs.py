@@ -13,8 +13,9 @@ last day ingested, then
   merges one day's events, rewriting only the files of the days they touch; stage 2 re-aggregates
   only the changed (day, account) groups.
 
-Reported per run: wall time, CPU of the driver and of the Daft worker processes, and peak memory of
-the driver and of each worker; with each step's `read_by`/`written_by` (workers or driver). Every
+Reported per run: wall time, CPU of the driver, of the Daft worker processes and of the rest of the
+Ray cluster (raylets with the object store, spill workers, GCS, Daft's scheduler), and peak memory of
+the driver and of each Daft worker; with each step's `read_by`/`written_by` (workers or driver). Every
 engine must end with the same tables (rows and a checksum, checked here). Results:
 benchmarks/results/engine_runs.json, summed up in benchmarks/README.md.
 """
@@ -22,9 +23,12 @@ benchmarks/results/engine_runs.json, summed up in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +38,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from benchmarks.engines import RAY_SETUPS, _worker_stats, start_cluster, stop_cluster
+from benchmarks.engines import (
+    GIB,
+    RAY_SETUPS,
+    SPILL,
+    _available,
+    _cpu_used,
+    _descendants,
+    _memory,
+    _process_stats,
+    start_cluster,
+    stop_cluster,
+)
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,18 +98,19 @@ def measure(
         if label == "incremental":
             source.append(generator.ingest(days - 1))
         _reset_peak()
-        before = _worker_stats(cluster_pid)
+        before = _process_stats(cluster_pid)
         cpu, wall = time.process_time(), time.perf_counter()
         result = runner.run(workflow, {}, logical_date=generator.day(days - 1), trigger="bench")
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        after = _worker_stats(cluster_pid)
+        after = _process_stats(cluster_pid)
         if result is None or result.status is RunStatus.FAILED:
             raise SystemExit(f"{engine_name} {label}: {result.run.error if result else 'no run'}")
         runs[label] = {
             "wall_s": round(wall, 3),
             "driver_cpu_s": round(cpu, 3),
-            "workers_cpu_s": round(sum(c for c, _ in after.values()) - sum(c for c, _ in before.values()), 3),
+            "workers_cpu_s": round(_cpu_used(before, after, daft=True), 3),
+            "rest_of_ray_cpu_s": round(_cpu_used(before, after, daft=False), 3),
             "peak_driver_mib": _peak_rss() >> 20,
             "steps": {
                 step.step_id: {
@@ -115,31 +131,57 @@ def measure(
         count, checksum = con.sql("SELECT count(*), sum(hash(t)) % 1000000007 FROM t").fetchall()[0]
         checks[stage] = [count, int(checksum or 0)]
         con.close()
-    workers = _worker_stats(cluster_pid)
+    workers = {pid: peak for pid, (_, peak, daft) in _process_stats(cluster_pid).items() if daft}
+    shutil.rmtree(home, ignore_errors=True)  # the warehouse: a few GiB at 50M rows
     return {
         "engine": engine_name,
         "rows": rows,
         "runs": runs,
         "tables": checks,
-        "peak_worker_mib": [peak >> 20 for _, peak in workers.values()],
+        "peak_worker_mib": [peak >> 20 for peak in workers.values()],
     }
 
 
 def run_one(
     engine: str, address: str | None, rows: int, days: int, cluster_pid: int | None
 ) -> dict[str, Any]:
+    """One engine's measure in a child process, guarded as benchmarks/engines.py guards it: killed
+    and reported as failed past 18 GiB of memory (driver and Ray), under 1 GiB left on the machine,
+    or under 20 GiB of free disk where Ray spills."""
     args = [sys.executable, __file__, "--one", engine, "--rows", str(rows), "--days", str(days)]
     if address:
         args += ["--address", address, "--cluster-pid", str(cluster_pid)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "DAFT_PROGRESS_BAR": "0"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    try:
-        done = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=3600)
-    except subprocess.TimeoutExpired:
-        return {"engine": engine, "rows": rows, "error": "timed out after 60 minutes"}
-    if done.returncode != 0:
-        return {"engine": engine, "rows": rows, "error": done.stderr[-1500:]}
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, start_new_session=True)
+        started, peak, killed = time.monotonic(), 0, ""
+        while child.poll() is None:
+            pids = [child.pid, *_descendants(child.pid)]
+            if cluster_pid is not None:
+                pids += _descendants(cluster_pid)
+            used, left, disk = _memory(pids), _available(), shutil.disk_usage(SPILL).free
+            peak = max(peak, used)
+            if used > 18 * GIB or left < GIB:
+                killed = f"out of memory: killed at {used / GIB:.1f} GiB, {left / GIB:.1f} GiB left"
+            elif disk < 20 * GIB:
+                killed = f"out of disk: killed with {disk / GIB:.1f} GiB left on {SPILL}"
+            elif time.monotonic() - started > 3600:
+                killed = "timed out after 60 minutes"
+            if killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                break
+            time.sleep(0.5)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if killed:
+        return {"engine": engine, "rows": rows, "error": killed, "peak_guarded_mib": peak >> 20}
+    if child.returncode != 0:
+        return {"engine": engine, "rows": rows, "error": stderr[-1500:]}
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_guarded_mib": peak >> 20}
 
 
 def main() -> None:
@@ -173,7 +215,11 @@ def main() -> None:
         if len(tables) > 1:
             raise SystemExit(f"{rows} rows: the engines' tables differ: {tables}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "engine_runs.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = RESULTS / "engine_runs.json"  # one entry per engine and size: earlier sizes are kept
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    fresh = {(r["engine"], r["rows"]) for r in results}
+    kept = [r for r in earlier if (r.get("engine"), r.get("rows")) not in fresh]
+    path.write_text(json.dumps([*kept, *results], indent=2) + "\n")
 
 
 if __name__ == "__main__":
