@@ -8,6 +8,7 @@ A filter is `{column: {op: value}}`; a value is a literal, `$param` (an injected
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from pyiceberg.expressions import (
 )
 
 from calve.errors import CalveError
+from calve.read.table_scan import TableScan
 from calve.workflows.model import InputColumnRef, ParamRef, Predicate
 
 _COMPARISONS: dict[str, type[BooleanExpression]] = {
@@ -47,9 +49,10 @@ def uses_other_inputs(predicates: Iterable[Predicate]) -> bool:
 
 
 def expression(
-    predicates: Iterable[Predicate], params: Mapping[str, Any], tables: Mapping[str, pa.Table]
+    predicates: Iterable[Predicate], params: Mapping[str, Any], tables: Mapping[str, Any]
 ) -> BooleanExpression:
-    """The conjunction of `predicates`, their `$` values taken from `params` and `tables`."""
+    """The conjunction of `predicates`, their `$` values taken from `params` and `tables` (each
+    input's rows: Arrow, or a scan not read yet)."""
     result: BooleanExpression = AlwaysTrue()
     for predicate in predicates:
         term = _term(predicate, lambda value: _resolve(value, params, tables))
@@ -64,7 +67,7 @@ def _input_ref(predicate: Predicate) -> Any:
     return value
 
 
-def _resolve(value: Any, params: Mapping[str, Any], tables: Mapping[str, pa.Table]) -> Any:
+def _resolve(value: Any, params: Mapping[str, Any], tables: Mapping[str, Any]) -> Any:
     if isinstance(value, ParamRef):
         return params.get(value.name)
     if isinstance(value, InputColumnRef):
@@ -73,7 +76,11 @@ def _resolve(value: Any, params: Mapping[str, Any], tables: Mapping[str, pa.Tabl
             raise CalveError(
                 f"filter value ${value.alias}.{value.column}: input {value.alias!r} has no such column"
             )
-        if not isinstance(table, pa.Table):  # matched rows not read yet
+        if isinstance(table, TableScan):  # planned, not read: read the one column (and keys), here
+            keys = table.keys.column_names if table.keys is not None else []
+            projection = table.table.schema().select(*dict.fromkeys([value.column, *keys]))
+            table = replace(table, projection=projection).to_arrow()
+        elif not isinstance(table, pa.Table):  # matched rows not read yet
             table = table.to_arrow()
         return pc.unique(table.column(value.column)).drop_null().to_pylist()
     if isinstance(value, list):
