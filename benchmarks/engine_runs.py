@@ -23,13 +23,9 @@ benchmarks/results/engine_runs.json, summed up in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +37,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from benchmarks.engines import (
     GIB,
     RAY_SETUPS,
-    SPILL,
-    _available,
     _cpu_used,
-    _descendants,
-    _memory,
     _process_stats,
+    run_guarded,
     start_cluster,
     stop_cluster,
 )
@@ -147,41 +140,12 @@ def run_one(
 ) -> dict[str, Any]:
     """One engine's measure in a child process, guarded as benchmarks/engines.py guards it: killed
     and reported as failed past 18 GiB of memory (driver and Ray), under 1 GiB left on the machine,
-    or under 20 GiB of free disk where Ray spills."""
+    under 20 GiB of free disk where Ray spills, or after an hour."""
     args = [sys.executable, __file__, "--one", engine, "--rows", str(rows), "--days", str(days)]
     if address:
         args += ["--address", address, "--cluster-pid", str(cluster_pid)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "DAFT_PROGRESS_BAR": "0"}
-    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=env, start_new_session=True)
-        started, peak, killed = time.monotonic(), 0, ""
-        while child.poll() is None:
-            pids = [child.pid, *_descendants(child.pid)]
-            if cluster_pid is not None:
-                pids += _descendants(cluster_pid)
-            used, left, disk = _memory(pids), _available(), shutil.disk_usage(SPILL).free
-            peak = max(peak, used)
-            if used > 18 * GIB or left < GIB:
-                killed = f"out of memory: killed at {used / GIB:.1f} GiB, {left / GIB:.1f} GiB left"
-            elif disk < 20 * GIB:
-                killed = f"out of disk: killed with {disk / GIB:.1f} GiB left on {SPILL}"
-            elif time.monotonic() - started > 3600:
-                killed = "timed out after 60 minutes"
-            if killed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-                break
-            time.sleep(0.5)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if killed:
-        return {"engine": engine, "rows": rows, "error": killed, "peak_guarded_mib": peak >> 20}
-    if child.returncode != 0:
-        return {"engine": engine, "rows": rows, "error": stderr[-1500:]}
-    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_guarded_mib": peak >> 20}
+    guarded = run_guarded(args, cluster_pid, cap=18 * GIB, timeout=3600, disk_floor=20 * GIB)
+    return guarded.result({"engine": engine, "rows": rows})
 
 
 def main() -> None:

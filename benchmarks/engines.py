@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -232,18 +233,35 @@ def _available() -> int:
     return int(line.split()[1]) * 1024
 
 
-def run_one(
-    engine: str,
-    address: str | None,
-    path: Path,
-    cluster_pid: int | None,
-    cap: int,
-    timeout: float,
-    disk_floor: int,
-) -> dict[str, Any]:
-    args = [sys.executable, __file__, "--one", engine, "--path", str(path)]
-    if address:
-        args += ["--address", address, "--cluster-pid", str(cluster_pid)]
+@dataclass(frozen=True)
+class Guarded:
+    """What a guarded child run left: its output, and why it was killed (empty if it was not)."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+    killed: str
+    peak: int  # bytes: the largest memory of the child and the Ray cluster seen
+    disk_written: int  # bytes: the most free disk lost on SPILL meanwhile
+
+    def result(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The child's JSON result (its last line), or an `error` entry; with the guard's figures."""
+        guard = {"peak_guarded_mib": self.peak >> 20, "disk_written_mib": self.disk_written >> 20}
+        stages = [line.split()[1] for line in self.stderr.splitlines() if line.startswith("STAGE ")]
+        stage = stages[-1] if stages else "setup"
+        if self.killed:
+            return {**extra, "error": f"{self.killed}, in {stage}", **guard}
+        if self.returncode != 0:
+            return {**extra, "error": f"exit {self.returncode} in {stage}: {self.stderr[-1500:]}", **guard}
+        return {**json.loads(self.stdout.strip().splitlines()[-1]), **guard}
+
+
+def run_guarded(
+    args: list[str], cluster_pid: int | None, cap: int, timeout: float, disk_floor: int
+) -> Guarded:
+    """Run a measuring child process (`args`, with the Ray driver's environment), and kill it when
+    it and the cluster pass `cap` bytes of memory, leave under 1 GiB on the machine or under
+    `disk_floor` bytes free where Ray spills, or run past `timeout` seconds."""
     # the driver, too, must keep 127.0.0.1 as is (else Ray resolves it to the outward address)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "DAFT_PROGRESS_BAR": "0"}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -279,14 +297,22 @@ def run_one(
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
-    guard = {"peak_guarded_mib": peak >> 20, "disk_written_mib": max(0, disk_before - disk_min) >> 20}
-    stages = [line.split()[1] for line in stderr.splitlines() if line.startswith("STAGE ")]
-    stage = stages[-1] if stages else "setup"
-    if killed:
-        return {"engine": engine, "error": f"{killed}, in {stage}", **guard}
-    if child.returncode != 0:
-        return {"engine": engine, "error": f"exit {child.returncode} in {stage}: {stderr[-1500:]}", **guard}
-    return {**json.loads(stdout.strip().splitlines()[-1]), **guard}
+    return Guarded(stdout, stderr, child.returncode, killed, peak, max(0, disk_before - disk_min))
+
+
+def run_one(
+    engine: str,
+    address: str | None,
+    path: Path,
+    cluster_pid: int | None,
+    cap: int,
+    timeout: float,
+    disk_floor: int,
+) -> dict[str, Any]:
+    args = [sys.executable, __file__, "--one", engine, "--path", str(path)]
+    if address:
+        args += ["--address", address, "--cluster-pid", str(cluster_pid)]
+    return run_guarded(args, cluster_pid, cap, timeout, disk_floor).result({"engine": engine})
 
 
 def _run_info() -> dict[str, Any]:

@@ -40,7 +40,7 @@ from pyiceberg.table import FileScanTask, Table
 from pyiceberg.types import BinaryType, FixedType, UUIDType
 
 from calve.errors import CalveError, DataError
-from calve.read.duckdb_scan import local_path
+from calve.read.duckdb_scan import cast_keys, local_path
 from calve.read.table_scan import TableScan, has_equality_deletes, readable_by_name
 from calve.write.staged import StagedOutput
 from calve.write.tables import check_columns
@@ -351,7 +351,7 @@ def merge_frame(
     by_path = {task.file.file_path: task.file for task in tasks}
     candidates = daft.read_parquet(list(by_path), io_config=io_config(target), file_path_column=FILE_COLUMN)
     schema = target.schema()
-    key_frame = daft.from_arrow(keys.cast(Schema(*(schema.find_field(n) for n in names)).as_arrow()))
+    key_frame = daft.from_arrow(cast_keys(schema, keys))
     hits = (
         candidates.select(FILE_COLUMN, *names)
         .join(key_frame, on=names, how="semi")

@@ -214,7 +214,7 @@ def scan_matched(
         return None
     columns = tuple(f.name for f in schema.fields)
     rows_scanned = sum(task.file.record_count for task in tasks)
-    return MatchedScan(read, _cast_keys(schema, keys), columns, _result_schema(schema), rows_scanned)
+    return MatchedScan(read, cast_keys(schema, keys), columns, _result_schema(schema), rows_scanned)
 
 
 def read_matched(
@@ -245,7 +245,7 @@ def read_matched(
     if not tasks or keys.num_rows == 0:
         return MatchedRows(schema.as_arrow().empty_table(), 0)  # as read_files gives no rows
     with _cursor() as con:
-        con.register("__calve_keys", _cast_keys(scan, keys))
+        con.register("__calve_keys", cast_keys(scan, keys))
         rows = con.sql(
             f"SELECT d.* FROM {read.source()} AS d SEMI JOIN __calve_keys AS k ON {_on(names)}",
             params={"paths": read.paths},
@@ -267,7 +267,7 @@ def matching_files(table: Table, tasks: Sequence[FileScanTask], keys: pa.Table) 
         return {}
     by_path = {path: task.file.file_path for path, task in zip(read.paths, tasks, strict=True)}
     with _cursor() as con:
-        con.register("__calve_keys", _cast_keys(table.schema(), keys))
+        con.register("__calve_keys", cast_keys(table.schema(), keys))
         hits = con.sql(
             f"SELECT filename, count(*) FROM {read.source('filename')} AS d "
             f"SEMI JOIN __calve_keys AS k ON {_on(names)} GROUP BY filename",
@@ -286,7 +286,7 @@ def read_unmatched(table: Table, tasks: Sequence[FileScanTask], keys: pa.Table) 
     if not tasks:
         return schema.as_arrow().empty_table()
     with _cursor() as con:
-        con.register("__calve_keys", _cast_keys(table.schema(), keys))
+        con.register("__calve_keys", cast_keys(table.schema(), keys))
         rows = con.sql(
             f"SELECT d.* FROM {read.source()} AS d ANTI JOIN __calve_keys AS k ON {_on(names)}",
             params={"paths": read.paths},
@@ -308,7 +308,7 @@ def matched_positions(
         return {}
     by_path = {path: task.file.file_path for path, task in zip(read.paths, tasks, strict=True)}
     with _cursor() as con:
-        con.register("__calve_keys", _cast_keys(table.schema(), keys))
+        con.register("__calve_keys", cast_keys(table.schema(), keys))
         hits = con.sql(
             f"SELECT filename, file_row_number FROM {read.source('filename', 'file_row_number')} AS d "
             f"SEMI JOIN __calve_keys AS k ON {_on(names)}",
@@ -342,8 +342,8 @@ def _result_schema(schema: Schema) -> pa.Schema:
     return pa.schema([f.with_type(small.get(f.type, f.type)) for f in arrow])
 
 
-def _cast_keys(schema: Schema, keys: pa.Table) -> pa.Table:
-    """The keys with the columns' types in `schema` (as the Arrow joins compare them)."""
+def cast_keys(schema: Schema, keys: pa.Table) -> pa.Table:
+    """The keys with their columns' types in `schema`, as joins with the table's rows compare them."""
     return keys.cast(Schema(*(schema.find_field(n) for n in keys.column_names)).as_arrow())
 
 

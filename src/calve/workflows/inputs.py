@@ -24,7 +24,7 @@ from calve.capture.icdc import IcdcTable
 from calve.capture.ranges import ColumnRange, change_ranges
 from calve.errors import CalveError
 from calve.observe.clock import note_input_files, phase
-from calve.read.duckdb_scan import MatchedScan, read_all, read_matched, scan_matched
+from calve.read.duckdb_scan import MatchedScan, cast_keys, read_all, read_matched, scan_matched
 from calve.read.planning import plan_files, read_files
 from calve.read.table_scan import TableScan, semi_join
 from calve.state import InputRead, StepMetrics
@@ -285,8 +285,9 @@ def _read_pinned(
     if keys.num_rows:
         _check_match_columns(keys, projection.column_names)
     if scans and tasks and keys.num_rows:  # read and matched on the engine's workers
-        typed = keys.cast(Schema(*(source.schema().find_field(n) for n in keys.column_names)).as_arrow())
-        planned = TableScan(source, until, condition, projection, tuple(tasks), keys=typed)
+        planned = TableScan(
+            source, until, condition, projection, tuple(tasks), cast_keys(source.schema(), keys)
+        )
         return planned, len(tasks), _size(tasks), planned.rows_scanned
     if lazy and isinstance(condition, AlwaysTrue) and tasks and keys.num_rows:
         scan = scan_matched(source, tasks, keys, projection)

@@ -37,7 +37,7 @@ from pyiceberg.types import NestedField
 
 from calve.capture.ranges import file_bounds
 from calve.errors import CalveError
-from calve.read.duckdb_scan import matching_files, read_unmatched
+from calve.read.duckdb_scan import cast_keys, matching_files, read_unmatched
 from calve.read.planning import plan_files, read_files
 from calve.read.table_scan import readable_by_name
 from calve.write.mor import deleted_rows, matched_positions_of, merge_on_read
@@ -350,7 +350,7 @@ def keys_within(table: Table, task: FileScanTask, keys: pa.Table) -> pa.Table:
     """The key tuples that lie within a data file's column bounds (the others cannot be in it), with
     the table's column types: a smaller hash table for the per-file join."""
     schema = table.schema()
-    keys = keys.cast(Schema(*(schema.find_field(n) for n in keys.column_names)).as_arrow())
+    keys = cast_keys(schema, keys)
     keep = None
     for name in keys.column_names:
         key_field = schema.find_field(name)

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlparse
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from calve.catalog import load_table
 from calve.errors import CalveError
@@ -147,16 +148,19 @@ def remove_orphan_files(
     return OrphanFiles(**{**asdict(found), "files": files, "deleted": True})
 
 
-def _listed(table: Table, prefix: str) -> set[str]:
-    """The local paths under `prefix` that a manifest of any of `table`'s snapshots lists."""
+def _listed(
+    table: Table, prefix: str, snapshots: Iterable[Snapshot] | None = None, live: bool = False
+) -> set[str]:
+    """The local paths under `prefix` that a manifest of `snapshots` (default: every snapshot of
+    `table`) lists; with `live`, only the files those snapshots hold (not the ones they removed)."""
     paths: set[str] = set()
     seen: set[str] = set()
-    for snapshot in table.snapshots():
+    for snapshot in table.snapshots() if snapshots is None else snapshots:
         for manifest in snapshot.manifests(table.io):
             if manifest.manifest_path in seen:
                 continue
             seen.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=live):
                 path = resolved(entry.data_file.file_path)
                 if path is not None and path.startswith(prefix):
                     paths.add(path)
@@ -166,17 +170,13 @@ def _listed(table: Table, prefix: str) -> set[str]:
 def _check_listing(table: Table, prefix: str, present: set[str]) -> None:
     """The fail-safe: every file the current snapshot lists in the folder must be in the listing."""
     snapshot = table.current_snapshot()
-    if snapshot is None:
-        return
-    for manifest in snapshot.manifests(table.io):
-        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-            path = resolved(entry.data_file.file_path)
-            if path is not None and path.startswith(prefix) and path not in present:
-                raise CalveError(
-                    f"{'.'.join(table.name())}'s current snapshot lists {entry.data_file.file_path}, which "
-                    f"the listing of {prefix} did not find: the paths are spelled differently or the file "
-                    "is missing, so nothing is deleted (every live file could look like an orphan)"
-                )
+    missing = _listed(table, prefix, [snapshot], live=True) - present if snapshot is not None else set()
+    if missing:
+        raise CalveError(
+            f"{'.'.join(table.name())}'s current snapshot lists {min(missing)}, which the listing of "
+            f"{prefix} did not find: the paths are spelled differently or the file is missing, so nothing "
+            "is deleted (every live file could look like an orphan)"
+        )
 
 
 def _other_tables(catalog: Catalog, table: Table) -> Iterable[Table]:
